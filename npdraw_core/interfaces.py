@@ -1,0 +1,130 @@
+"""What each kind of component must provide. Small protocols, one concept each.
+
+Networks (prior, encoder, decoder) map tensors to logits or parameters; the generative process that
+connects them (rendering, sampling order, the ELBO) lives in `npdraw_core.model` and `npdraw_core.sampling`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from npdraw_core.latents import Latents
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A split of a dataset held in memory: uint8 images (N, C, H, W), optional int64 labels (N,), and
+    optional per-image metadata such as Omniglot's alphabet/character ids (each an (N,) tensor)."""
+
+    images: Tensor
+    labels: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"ImageSet.images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        for name, values in {"labels": self.labels, **self.extras}.items():
+            if values is not None and len(values) != len(self.images):
+                raise ValueError(f"ImageSet.{name} has {len(values)} entries for {len(self.images)} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: Tensor) -> ImageSet:
+        return ImageSet(
+            self.images[index],
+            None if self.labels is None else self.labels[index],
+            {name: values[index] for name, values in self.extras.items()},
+        )
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    binary: bool  # True: grey levels are Bernoulli probabilities (dynamic binarisation, Bernoulli output)
+    channels: int
+    image_size: int
+
+    def load(self, split: str) -> ImageSet:
+        """`split` is one of SPLITS; "valid" is the last 1,000 training images, "train" the rest."""
+
+
+@runtime_checkable
+class MedoidEngine(Protocol):
+    def select(self, points: np.ndarray, bank_size: int, *, seed: int) -> np.ndarray:
+        """points (N, D) float32 → indices (bank_size,) of the chosen medoids (Euclidean distance)."""
+
+
+@runtime_checkable
+class Parser(Protocol):
+    def parse(self, images: Tensor, bank: Tensor) -> Latents:
+        """images (B, C, S, S) in [0, 1] at canvas size, bank (M, C, K, K) → hard latents."""
+
+
+@dataclass(frozen=True)
+class StepLogits:
+    """Per-step categorical/Bernoulli logits of p(z^t | z^{<t}) or q(z^t | x): (B, T), (B, T, M), (B, T, T)."""
+
+    whether: Tensor
+    what: Tensor
+    where: Tensor
+
+
+class Prior(nn.Module):
+    """An autoregressive prior over latent sequences. Subclasses implement `forward` (teacher forcing over
+    the T input frames, causal) and `step` (one position at a time, for ancestral sampling)."""
+
+    uses_frames: bool = True  # False for priors that ignore the canvas (the sampler then skips rendering)
+
+    def forward(self, frames: Tensor) -> StepLogits:
+        """frames (B, T, C+1, S, S) → StepLogits of z^1..z^T; position t may only see frames 0..t."""
+        raise NotImplementedError
+
+    def start(self, batch_size: int, *, use_cache: bool = True) -> Any:
+        """Fresh sampling state for `batch_size` sequences."""
+        raise NotImplementedError
+
+    def step(self, frame: Tensor, state: Any) -> tuple[StepLogits, Any]:
+        """Feed frame t (B, C+1, S, S) → logits of z^{t+1} as StepLogits of shapes (B,), (B, M), (B, T)."""
+        raise NotImplementedError
+
+
+class Encoder(nn.Module):
+    def forward(self, images: Tensor) -> StepLogits:
+        """images (B, C, H, W) in [0, 1] → posterior logits of q(z^t | x) for every step."""
+        raise NotImplementedError
+
+
+class Decoder(nn.Module):
+    def forward(self, canvas: Tensor) -> Tensor:
+        """canvas (B, C, S, S) → distribution parameters (B, out_channels, H, W)."""
+        raise NotImplementedError
+
+
+@runtime_checkable
+class OutputDistribution(Protocol):
+    def num_params(self) -> int:
+        """Channels the decoder must output."""
+
+    def log_prob(self, params: Tensor, images: Tensor) -> Tensor:
+        """params (B, P, H, W), images (B, C, H, W) in [0, 1] → log p(x|z) per image (B,) in nats."""
+
+    def sample(self, params: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """A draw of images in [0, 1], (B, C, H, W)."""
+
+    def mean(self, params: Tensor) -> Tensor:
+        """The image shown to users: Bernoulli probabilities, or the mixture's mode/mean, (B, C, H, W)."""
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    name: str  # scores are reported as f"fid_{name}"
+
+    def features(self, images: Tensor) -> Tensor:
+        """images (B, C, H, W) in [0, 1] → features (B, D) float64-compatible."""

@@ -1,0 +1,96 @@
+"""The latent sequence z^1..z^T of NP-DRAW and how it renders onto the canvas (spec §2, §4).
+
+One representation serves parses, prior samples and relaxed posterior samples: per step a weight vector
+over the bank (`what`), over the cells (`where`) and a draw flag (`whether`). Hard latents are one-hot;
+relaxed ones (Gumbel-softmax during training) are soft. When `whether` is 0 a step draws nothing and its
+`what`/`where` carry no probability mass (see `npdraw_core.distributions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from npdraw_core.geometry import Grid, cumulative_canvases, final_canvas
+
+
+@dataclass(frozen=True)
+class Latents:
+    whether: Tensor  # (B, T) float in [0, 1]
+    what: Tensor  # (B, T, M) weights over the bank
+    where: Tensor  # (B, T, T) weights over the cells
+
+    def __post_init__(self) -> None:
+        batch, steps = self.whether.shape
+        if self.what.shape[:2] != (batch, steps) or self.where.shape[:2] != (batch, steps):
+            raise ValueError(
+                f"latent shapes disagree: whether {tuple(self.whether.shape)}, what {tuple(self.what.shape)}, "
+                f"where {tuple(self.where.shape)}; expected (B, T), (B, T, M), (B, T, T)"
+            )
+
+    @classmethod
+    def from_indices(cls, *, what: Tensor, where: Tensor, whether: Tensor, bank_size: int, num_cells: int) -> Latents:
+        """Hard latents from integer arrays (B, T) — the stored form of parses and samples."""
+        return cls(
+            whether=whether.float(),
+            what=F.one_hot(what.long(), bank_size).float(),
+            where=F.one_hot(where.long(), num_cells).float(),
+        )
+
+    def indices(self) -> dict[str, Tensor]:
+        """Integer form: what/where as argmax indices (int64), whether as 0/1 (uint8)."""
+        return {
+            "what": self.what.argmax(-1),
+            "where": self.where.argmax(-1),
+            "whether": (self.whether > 0.5).to(torch.uint8),
+        }
+
+    @property
+    def batch_size(self) -> int:
+        return self.whether.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.whether.shape[1]
+
+    def to(self, device: torch.device | str) -> Latents:
+        return Latents(self.whether.to(device), self.what.to(device), self.where.to(device))
+
+    def __getitem__(self, index) -> Latents:
+        return Latents(self.whether[index], self.what[index], self.where[index])
+
+
+def step_maps(latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
+    """Draw(x̃_{what^t}, where^t) for every step, before gating: (B, T, C, S, S).
+
+    With soft `what` the pasted part is the weighted mix of exemplars (a matmul with the bank).
+    """
+    parts = torch.einsum("btm,mckl->btckl", latents.what, bank)
+    return grid.draw(parts, latents.where)
+
+
+def render(latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
+    """The final canvas c^T: (B, C, S, S)."""
+    return final_canvas(step_maps(latents, bank, grid), latents.whether)
+
+
+def canvases(latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
+    """All canvases c^1..c^T as one cumulative max: (B, T, C, S, S)."""
+    return cumulative_canvases(step_maps(latents, bank, grid), latents.whether)
+
+
+def prior_frames(latents: Latents, bank: Tensor, grid: Grid, *, union_masks: bool = False) -> Tensor:
+    """Input frames of the prior (spec §4), (B, T, C+1, S, S): frame t holds canvas c^t and the location
+    mask of step t (zero when step t was skipped); frame 0 is all zeros; position t predicts z^{t+1}.
+
+    `union_masks=True` uses the union of all past location masks instead (the authors' code).
+    """
+    all_canvases = canvases(latents, bank, grid)  # c^1..c^T
+    masks = grid.location_masks(latents.where) * latents.whether[:, :, None, None, None]  # (B, T, 1, S, S)
+    if union_masks:
+        masks = torch.cummax(masks, dim=1).values
+    frames = torch.cat([all_canvases, masks], dim=2)[:, :-1]
+    return torch.cat([torch.zeros_like(frames[:, :1]), frames], dim=1)

@@ -1,0 +1,1 @@
+"""Ray Serve sampling service for npdraw."""
