@@ -1,0 +1,151 @@
+"""NPDraw: the generative process that composes bank, prior, encoder, decoder and output distribution.
+
+The networks only map tensors to logits or parameters; this module owns rendering, the ELBO with the parse
+regulariser (spec §6), the importance-weighted bound (spec §7), sampling and encoding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from npdraw_core import distributions, posterior
+from npdraw_core.geometry import Grid
+from npdraw_core.interfaces import Decoder, Encoder, OutputDistribution, Prior, StepLogits
+from npdraw_core.latents import Latents, prior_frames, render
+from npdraw_core.sampling import sample_latents
+
+
+@dataclass
+class LossTerms:
+    loss: Tensor  # scalar to minimise: mean over the batch of −ELBO + reg_weight · parse CE
+    reconstruction: Tensor  # (B,) −log p(x|z), nats
+    kl: Tensor  # (B,) KL(q ‖ p), nats
+    parse_ce: Tensor  # (B,) cross-entropy of q against the parse
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "loss": self.loss.item(),
+            "neg_elbo": (self.reconstruction + self.kl).mean().item(),
+            "reconstruction": self.reconstruction.mean().item(),
+            "kl": self.kl.mean().item(),
+            "parse_ce": self.parse_ce.mean().item(),
+        }
+
+
+class NPDraw(nn.Module):
+    def __init__(
+        self,
+        *,
+        bank: Tensor,
+        grid: Grid,
+        prior: Prior,
+        encoder: Encoder,
+        decoder: Decoder,
+        output: OutputDistribution,
+    ):
+        super().__init__()
+        self.register_buffer("bank", bank.float())
+        self.grid = grid
+        self.prior = prior.requires_grad_(False).eval()  # pre-trained, frozen, no dropout
+        self.encoder = encoder
+        self.decoder = decoder
+        self.output = output
+
+    def train(self, mode: bool = True) -> NPDraw:
+        super().train(mode)
+        self.prior.eval()
+        return self
+
+    # -- the pieces ------------------------------------------------------------------------------------
+    def encode(self, images: Tensor) -> StepLogits:
+        return self.encoder(images)
+
+    def render(self, latents: Latents) -> Tensor:
+        return render(latents, self.bank, self.grid)
+
+    def decode(self, canvas: Tensor) -> Tensor:
+        """Canvas → output-distribution parameters."""
+        return self.decoder(canvas)
+
+    def prior_logits(self, latents: Latents) -> StepLogits:
+        union = getattr(self.prior, "union_masks", False)
+        return self.prior(prior_frames(latents, self.bank, self.grid, union_masks=union))
+
+    # -- training objective ----------------------------------------------------------------------------
+    def loss(
+        self,
+        images: Tensor,
+        parse: Latents,
+        *,
+        reg_weight: float,
+        temperature: float,
+        whether_estimator: str = "hard",
+        parse_forcing: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> LossTerms:
+        """images in [0, 1] (already binarised for binary data), parse: the parser's hard latents."""
+        q_logits = self.encode(images)
+        latents = posterior.sample_relaxed(
+            q_logits, temperature=temperature, whether_estimator=whether_estimator, generator=generator
+        )
+        if parse_forcing > 0:
+            latents = _force_parse(latents, parse, parse_forcing, generator)
+        reconstruction = -self.output.log_prob(self.decode(self.render(latents)), images)
+        kl = distributions.kl_divergence(q_logits, self.prior_logits(latents), latents.whether)
+        # −KL(p_h ‖ q) up to a constant: the cross-entropy of q against the parser's delta.
+        parse_ce = -distributions.log_prob(q_logits, parse)
+        loss = (reconstruction + kl + reg_weight * parse_ce).mean()
+        return LossTerms(loss, reconstruction.detach(), kl.detach(), parse_ce.detach())
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def log_likelihood_bound(self, images: Tensor, *, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Importance-weighted bound log p(x) ≥ log (1/S) Σ_s p(x|z_s) p(z_s) / q(z_s|x), hard z_s ~ q
+        (Burda et al. 2016), per image (B,) in nats. Valid for every S ≥ 1 and tighter as S grows."""
+        q_logits = self.encode(images)
+        log_weights = []
+        for _ in range(num_samples):
+            latents = posterior.sample_hard(q_logits, generator=generator)
+            log_px = self.output.log_prob(self.decode(self.render(latents)), images)
+            log_pz = distributions.log_prob(self.prior_logits(latents), latents)
+            log_qz = distributions.log_prob(q_logits, latents)
+            log_weights.append(log_px + log_pz - log_qz)
+        return torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(num_samples)
+
+    # -- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        *,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+    ) -> tuple[Tensor, Tensor, Latents]:
+        """Ancestral samples: (images shown to users (B, C, H, W), canvases (B, C, S, S), latents)."""
+        latents = sample_latents(
+            self.prior, self.bank, self.grid, num_samples, generator=generator, temperature=temperature, top_k=top_k
+        )
+        canvas = self.render(latents)
+        return self.output.mean(self.decode(canvas)), canvas, latents
+
+    @torch.no_grad()
+    def encode_canvas(self, images: Tensor) -> Tensor:
+        """Images → the canvas of their most likely latents (for editing in canvas space)."""
+        return self.render(posterior.posterior_mode(self.encode(images)))
+
+
+def _force_parse(latents: Latents, parse: Latents, probability: float, generator: torch.Generator | None) -> Latents:
+    """Per image, with `probability`, replace the sampled what/where by the parse (authors' warm-up)."""
+    batch = latents.batch_size
+    chosen = torch.rand(batch, generator=generator, device=latents.what.device) < probability
+    pick = chosen[:, None, None].to(latents.what.dtype)
+    return Latents(
+        whether=latents.whether,
+        what=pick * parse.what + (1 - pick) * latents.what,
+        where=pick * parse.where + (1 - pick) * latents.where,
+    )
