@@ -189,11 +189,12 @@ class Celeba(ArrayDataset):
         arrays, parts = self.all_arrays
         return arrays.take(parts == 2)
 
-    def held_out(self) -> tuple[np.ndarray, np.ndarray]:
-        parts = self.all_arrays[1]
-        train_count, valid_count = int((parts == 0).sum()), int((parts == 1).sum())
-        if train_count == 0 or valid_count == 0:
+    def held_out(self, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The official partition instead of the last-1,000 rule (the training arrays are train then valid)."""
+        parts = self.all_arrays[1][selected]
+        train, valid = selected[parts == 0], selected[parts == 1]
+        if len(train) == 0 or len(valid) == 0:
             raise DatasetError(
-                f"{self.source.describe()}: the partition leaves {train_count} train / {valid_count} valid images"
+                f"{self.source.describe()}: the partition leaves {len(train)} train / {len(valid)} valid images"
             )
-        return np.arange(train_count), np.arange(train_count, train_count + valid_count)
+        return train, valid

@@ -9,7 +9,7 @@ test split is always the full test set, as in the paper's low-data experiments.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -116,15 +116,15 @@ class ArrayDataset:
             return self.test_arrays.to_image_set()
         return self.train_arrays.take(self.split_indices[split]).to_image_set()
 
-    def held_out(self) -> tuple[np.ndarray, np.ndarray]:
-        """Indices of train and valid before subsets: valid = the last `valid_size` training images."""
-        total, valid_size = len(self.train_arrays), self.options.valid_size
-        if valid_size >= total:
+    def held_out(self, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Split the selected training indices into train and valid: valid = the last `valid_size`."""
+        valid_size = self.options.valid_size
+        if valid_size >= len(selected):
             raise DatasetError(
-                f"{type(self).__name__} has {total} training images, too few to hold out valid_size={valid_size} "
-                "for validation; lower valid_size in the dataset config"
+                f"{type(self).__name__}: {len(selected)} training images (after the classes/alphabets subset) are "
+                f"too few to hold out valid_size={valid_size} for validation; lower valid_size in the dataset config"
             )
-        return np.arange(total - valid_size), np.arange(total - valid_size, total)
+        return selected[: len(selected) - valid_size], selected[len(selected) - valid_size :]
 
     def keep_mask(self, arrays: Arrays) -> np.ndarray | None:
         """Which images a label-based subset keeps (None: all). Subclasses add their own criteria."""
@@ -139,16 +139,19 @@ class ArrayDataset:
 
     @cached_property
     def split_indices(self) -> dict[str, np.ndarray]:
-        """Train and valid indices into the training arrays, after the subsets. Both splits are drawn from
-        one generator in a fixed order, so loading either split alone gives the same images."""
-        generator = torch.Generator().manual_seed(self.options.subset_seed)
+        """Train and valid indices into the training arrays. The label subset comes first, so that valid
+        is the last `valid_size` images of the selected classes (Omniglot is ordered by character: a valid
+        split cut before selecting alphabets could be empty). The random fraction then thins train and
+        valid; both draws come from one generator in a fixed order, so either split alone is reproducible."""
         mask = self.keep_mask(self.train_arrays)
+        selected = np.arange(len(self.train_arrays)) if mask is None else np.flatnonzero(mask)
+        if len(selected) == 0:
+            raise DatasetError(
+                f"{type(self).__name__}: the subset options select no training images ({self.options})"
+            )
+        generator = torch.Generator().manual_seed(self.options.subset_seed)
         indices = {}
-        for split, index in zip(("train", "valid"), self.held_out(), strict=True):
-            if mask is not None:
-                index = index[mask[index]]
-            if len(index) == 0:
-                raise DatasetError(f"the subset options {self.options} leave no {split} images")
+        for split, index in zip(("train", "valid"), self.held_out(selected), strict=True):
             fraction = self.options.train_fraction
             if fraction is not None:
                 count = max(1, round(fraction * len(index)))
@@ -237,11 +240,11 @@ def load_npz(path: Path, required: tuple[str, ...]):
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     """np.savez to a temp file renamed into place: a killed process never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # open() keeps the umask's permissions
     try:
-        with os.fdopen(handle, "wb") as tmp:
+        with tmp_path.open("xb") as tmp:
             np.savez(tmp, **arrays)
-        os.replace(tmp_name, path)
+        os.replace(tmp_path, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp_path.unlink(missing_ok=True)
         raise
