@@ -1,0 +1,46 @@
+"""Shared fixtures.
+
+* `bundled_mnist_root`: Path of the MNIST copy bundled in data/mnist (torchvision layout).
+* `mnist_dataset` (session): the `mnist` dataset on that copy, built through the registry; 59,000 / 1,000 /
+  10,000 images. Read-only: load splits from it, never mutate what they return.
+* `shared_data_dir` (session): Path of ../shared/data; skips the test when it is absent.
+* tests marked `@pytest.mark.shared_data` are skipped where ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_MNIST = REPO_ROOT / "data" / "mnist"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA_MISSING = f"needs the real datasets in {SHARED_DATA} (../shared/data next to the repo), which is absent here"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("shared_data") is not None and not SHARED_DATA.is_dir():
+        pytest.skip(SHARED_DATA_MISSING)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(SHARED_DATA_MISSING)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bundled_mnist_root() -> Path:
+    return BUNDLED_MNIST
+
+
+@pytest.fixture(scope="session")
+def mnist_dataset():
+    from npdraw_core.config import parse_component
+    from npdraw_core.registry import default_registry
+
+    registry = default_registry()
+    chosen = parse_component("dataset", {"type": "mnist", "root": str(BUNDLED_MNIST)}, "data", registry)
+    return registry.get("dataset", "mnist").build(chosen.config)
