@@ -30,8 +30,10 @@ PICKLE_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# The globals a numpy-array pickle needs (numpy 1 wrote numpy.core, numpy 2 reads it from numpy._core).
+# The globals a numpy-array pickle needs (numpy 1 wrote numpy.core, numpy 2 reads it from numpy._core;
+# Python 3 writes bytes in protocol 2 as _codecs.encode(text, "latin1")).
 ALLOWED_GLOBALS = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
@@ -53,7 +55,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
             raise DatasetError(
                 f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds only numpy arrays and lists"
             )
-        return super().find_class(module.replace("numpy.core", "numpy._core"), name)
+        return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
 
 
 def unpickle_batch(path: Path) -> Arrays:

@@ -1,6 +1,6 @@
 """Omniglot at 28×28: the npz of ../shared/data/omniglot (omniglot_28x28.npz), or torchvision's folder layout
 `omniglot-py/images_{background,evaluation}/<alphabet>/<character>/<ID>_<drawer>.png` converted the way that
-npz was made (ink = dark pixels of the official PNGs, box-filtered 105 → 28, scaled to 0..255 and rounded).
+npz was made (ink = dark pixels of the official PNGs as 0..255 floats, box-filtered 105 → 28, rounded).
 
 Both give all 1,623 characters × 20 drawers ordered by character ID then drawer; the test split is drawers
 16..20 (8,115 images), the training images drawers 1..15 (24,345: train 23,345 + valid 1,000).
@@ -83,9 +83,9 @@ def png_to_28(path: Path) -> np.ndarray:
     """An official Omniglot PNG (dark strokes on white) → uint8 28×28 with bright ink, as the npz was made."""
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("L"))
-    ink = Image.fromarray((pixels < 128).astype(np.float32), mode="F")
-    small = np.asarray(ink.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX))
-    return np.round(small * 255.0).astype(np.uint8)
+    # scaling to 0..255 before the box filter (float32) reproduces the npz exactly; scaling after it does not
+    ink = Image.fromarray((pixels < 128).astype(np.float32) * 255.0, mode="F")
+    return np.round(np.asarray(ink.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX))).astype(np.uint8)
 
 
 def read_folder(root: Path) -> tuple[Arrays, np.ndarray, list[str]]:
