@@ -1,0 +1,42 @@
+"""Built-in feature extractors for Fréchet distances: `inception` (pytorch-fid's FID-Inception) and
+`lenet` (FID-LeNet, a classifier trained on the dataset). A factory takes the component's config and,
+optionally, the `run` it serves (for its device and dataset)."""
+
+from __future__ import annotations
+
+from npdraw_plugins.feature_extractors.inception import (
+    InceptionConfig,
+    InceptionExtractor,
+    load_fid_inception,
+)
+from npdraw_plugins.feature_extractors.lenet import (
+    LeNet,
+    LeNetConfig,
+    LeNetExtractor,
+    accuracy,
+    ensure_lenet,
+    load_lenet,
+    save_lenet,
+    train_lenet,
+)
+
+from npdraw_core.hookspecs import hookimpl
+
+__all__ = [
+    "InceptionConfig", "InceptionExtractor", "LeNet", "LeNetConfig", "LeNetExtractor", "accuracy",
+    "ensure_lenet", "load_fid_inception", "load_lenet", "save_lenet", "train_lenet",
+]  # fmt: skip
+
+
+def build_inception(config: InceptionConfig, *, run=None, **context) -> InceptionExtractor:
+    return InceptionExtractor(config, run=run)
+
+
+def build_lenet(config: LeNetConfig, *, run=None, **context) -> LeNetExtractor:
+    return LeNetExtractor(config, run=run)
+
+
+@hookimpl
+def npdraw_register_feature_extractors(register):
+    register("inception", build_inception, InceptionConfig)
+    register("lenet", build_lenet, LeNetConfig)
