@@ -264,7 +264,8 @@ def test_omniglot_npz(shared_data_dir):
 
 @pytest.mark.shared_data
 def test_omniglot_folder_layout_matches_the_npz(shared_data_dir, tmp_path):
-    reference = np.load(shared_data_dir / "omniglot" / "omniglot_28x28.npz")
+    with np.load(shared_data_dir / "omniglot" / "omniglot_28x28.npz") as archive:
+        reference = {key: archive[key] for key in archive.files}
     with np.load(shared_data_dir / "omniglot" / "images_evaluation.npz") as originals:
         originals = originals["images"]  # bool (659, 20, 105, 105), True = white paper
     char_ids = [965, 966, 1000]
@@ -453,3 +454,24 @@ def test_data_import_folder_round_trips_through_npz(tmp_path, mnist_test, capsys
     )
     with pytest.raises(ValueError, match="both images and class sub-folders"):
         run_data("import", str(tmp_path / "digits"), "--to", str(tmp_path / "bad.npz"))
+
+
+def test_data_import_from_a_config_keeps_the_splits(tmp_path, mnist_test):
+    np.savez(
+        tmp_path / "source.npz",
+        images=mnist_test.images[:400].numpy(),
+        labels=mnist_test.labels[:400].numpy(),
+    )
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"data:\n  type: npz\n  path: {tmp_path / 'source.npz'}\n  test_fraction: 0.25\n  valid_size: 20\n"
+    )
+    run_data("import", str(config), "--to", str(tmp_path / "copy.npz"), "--set", "data.classes=[1, 7]")
+    source = NpzDataset(
+        NpzConfig(path=str(tmp_path / "source.npz"), test_fraction=0.25, classes=[1, 7], valid_size=20)
+    )
+    copy = NpzDataset(NpzConfig(path=str(tmp_path / "copy.npz"), valid_size=20))
+    for split in ("valid", "test"):  # valid is still the last images, test the whole held-out test split
+        assert torch.equal(copy.load(split).images, source.load(split).images)
+        assert torch.equal(copy.load(split).labels, source.load(split).labels)
+    assert set(copy.load("train").labels.tolist()) == {1, 7} and len(copy.load("test")) == 100
