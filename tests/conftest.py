@@ -16,7 +16,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MNIST = REPO_ROOT / "data" / "mnist"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SHARED_DATA_MISSING = f"needs the real datasets in {SHARED_DATA} (../shared/data next to the repo), which is absent here"
+SHARED_DATA_MISSING = (
+    f"needs the real datasets in {SHARED_DATA} (../shared/data next to the repo), which is absent here"
+)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
