@@ -51,7 +51,8 @@ class Source:
     """The JPEGs of a zip or a folder: their names (sorted), bytes, and a key that changes when they do."""
 
     def __init__(self, root: Path):
-        self.zip_path = None
+        self.zip_path: Path | None = None
+        self.folder: Path | None = None
         if root.is_dir():
             zips = sorted(root.glob("*.zip"))
             images = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in SUFFIXES]
