@@ -7,6 +7,7 @@ and sampling generators' states, and the best validation score so far.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -41,8 +42,11 @@ def build_model(run: Run, bank: torch.Tensor, prior: torch.nn.Module) -> NPDraw:
 
 
 def model_hash(run: Run, prior_hash: str) -> str:
+    """Everything the trained weights depend on, except the epoch count: raising `training.epochs`
+    continues the same run instead of starting over."""
     config = run.config
-    return config_hash("model", prior_hash, config.model.encoder, config.model.decoder, config.model.output, config.training, config.seed)
+    settings = dataclasses.replace(config.training, epochs=0)
+    return config_hash("model", prior_hash, config.model.encoder, config.model.decoder, config.model.output, settings, config.seed)
 
 
 def prepare(images: torch.Tensor, *, binary: bool, generator: torch.Generator | None) -> torch.Tensor:
