@@ -159,7 +159,9 @@ def parse_dataclass(cls: type, data: Any, path: str, registry: Registry):
     for name, fld in fields.items():
         key_path = _join(path, name)
         if "component" in fld.metadata:
-            raw = data.get(name, fld.default_factory())
+            raw = data.get(name, {})
+            if isinstance(raw, dict) and "type" not in raw:
+                raw = {**fld.default_factory(), **raw}  # keys without a type refine the default component
             values[name] = parse_component(fld.metadata["component"], raw, key_path, registry)
         elif dataclasses.is_dataclass(hints[name]):
             values[name] = parse_dataclass(hints[name], data.get(name, {}), key_path, registry)

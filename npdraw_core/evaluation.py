@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from npdraw_core.data import minibatch_indices, to_unit
+from npdraw_core.fid import build_feature_extractor, fid_scores, reference_cache_path, reference_identity
 from npdraw_core.interfaces import ImageSet
 from npdraw_core.model import NPDraw
 from npdraw_core.run import Run
@@ -51,10 +52,24 @@ def generate(model: NPDraw, num_samples: int, *, batch_size: int, seed: int, tem
     return torch.cat(chunks)
 
 
-def test_images(run: Run, limit: int | None) -> ImageSet:
+def evaluate(run: Run, model: NPDraw) -> dict[str, float]:
+    """The `eval` stage: NLL bound on the test set and FID of samples against it, logged and returned."""
+    settings, dataset = run.config.evaluation, run.dataset
     test = run.dataset.load("test")
-    return test if limit is None else test.subset(torch.arange(min(limit, len(test))))
-
-
-def unit_images(image_set: ImageSet) -> torch.Tensor:
-    return to_unit(image_set.images)
+    nll_test = test if settings.nll_images is None else test.subset(torch.arange(min(settings.nll_images, len(test))))
+    results = negative_log_likelihood(
+        model, nll_test, binary=dataset.binary, num_samples=settings.nll_samples,
+        batch_size=settings.batch_size, seed=run.config.seed,
+    )
+    if settings.feature_extractors:
+        extractors = [build_feature_extractor(run, name) for name in settings.feature_extractors]
+        generated = generate(model, settings.fid_samples, batch_size=settings.batch_size, seed=run.config.seed)
+        reference = to_unit(test.images)
+        results.update(fid_scores(
+            extractors, generated, reference, binary=dataset.binary, batch_size=settings.batch_size,
+            generator=torch.Generator().manual_seed(run.config.seed),
+            cache_path=reference_cache_path(run), reference_key=reference_identity(run, "test", len(test)),
+        ))
+        results["fid_samples"] = settings.fid_samples
+    run.log("eval", **results)
+    return results

@@ -9,4 +9,4 @@ from npdraw_core.pipeline import run_pipeline
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="test NLL (importance-weighted bound) and FID of samples")
     add_run_arguments(parser)
-    parser.set_defaults(handler=lambda args: run_pipeline(run_from_args(args), ["eval"]) and None)
+    parser.set_defaults(handler=lambda args: run_pipeline(run_from_args(args), ["eval"]))
