@@ -1,0 +1,170 @@
+"""Part banks on real MNIST: patch sampling, both K-medoids engines, the artefact and the pipeline stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from npdraw_core.bank import PartBank, build_bank, ensure_bank, kmedoids_objective, sample_patches
+from npdraw_core.checkpoint import load_checkpoint, read_metrics
+from npdraw_core.config import load_config
+from npdraw_core.data import canvas_images
+from npdraw_core.geometry import Grid
+from npdraw_core.run import Run
+from npdraw_plugins.part_banks import (
+    FasterPAMConfig,
+    FasterPAMEngine,
+    SklearnExtraConfig,
+    SklearnExtraEngine,
+    distance_matrix,
+)
+
+GRID = Grid(28, 5)
+
+
+@pytest.fixture(scope="module")
+def mnist_images(mnist_dataset):
+    return canvas_images(mnist_dataset.load("train"), 28)[:2000]
+
+
+@pytest.fixture(scope="module")
+def mnist_points(mnist_images):
+    patches = sample_patches(
+        mnist_images, GRID, num_patches=800, min_patch_mass=0.05, generator=torch.Generator().manual_seed(0)
+    )
+    return patches.flatten(1).numpy()
+
+
+def sample(images, seed, num=500, mass=0.05):
+    return sample_patches(
+        images, GRID, num_patches=num, min_patch_mass=mass, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def test_patches_are_non_empty_unit_range_and_seeded(mnist_images):
+    patches = sample(mnist_images, 0)
+    assert patches.shape == (500, 1, 5, 5) and patches.dtype == torch.float32
+    assert patches.min() >= 0 and patches.max() <= 1
+    assert torch.all(patches.mean(dim=(1, 2, 3)) > 0.05)
+    assert torch.equal(patches, sample(mnist_images, 0))
+    assert not torch.equal(patches, sample(mnist_images, 1))
+    # random positions: not all patches centred on strokes the same way, many distinct contents
+    assert len(torch.unique(patches.flatten(1), dim=0)) > 450
+
+
+def test_sampling_is_without_replacement_over_every_valid_position():
+    # One lit pixel in the middle: exactly the 25 windows that contain it are non-empty, and asking for
+    # 25 patches must return each of them once (the pixel at each of the 25 offsets).
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 14, 14] = 1.0
+    patches = sample(image, 3, num=25, mass=0.0)
+    offsets = {tuple(torch.nonzero(p[0]).flatten().tolist()) for p in patches}
+    assert offsets == {(r, c) for r in range(5) for c in range(5)}
+    # the padded border counts: a pixel in the corner is covered by the windows reaching into the padding
+    corner = torch.zeros(1, 1, 28, 28)
+    corner[0, 0, 0, 0] = 1.0
+    assert len(sample(corner, 0, num=4, mass=0.0)) == 4
+    with pytest.raises(ValueError, match="only 4 non-empty"):
+        sample(corner, 0, num=5, mass=0.0)
+
+
+def test_too_few_patches_is_an_error_that_says_what_to_change(mnist_images):
+    with pytest.raises(ValueError, match="lower part_bank.num_patches or part_bank.min_patch_mass"):
+        sample(mnist_images[:2], 0, num=2000)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        sample(mnist_images * 255, 0)
+
+
+def test_objective_by_hand():
+    points = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]], dtype=np.float32)
+    assert kmedoids_objective(points, points[[0]]) == pytest.approx((0 + 5 + 10) / 3)
+    assert kmedoids_objective(points, points[[0, 2]]) == pytest.approx(5 / 3)
+
+
+def test_distance_matrix_is_exact_and_capped(mnist_points):
+    points = mnist_points[:300]
+    distances = distance_matrix(points, dtype=np.float64, max_mib=100)
+    reference = np.sqrt(((points[:, None].astype(np.float64) - points[None]) ** 2).sum(-1))
+    assert np.abs(distances - reference).max() < 1e-6 and np.all(np.diag(distances) == 0)
+    with pytest.raises(MemoryError, match="lower part_bank.num_patches"):
+        FasterPAMEngine(FasterPAMConfig(max_distance_matrix_mib=0.1)).select(points, 10, seed=0)
+
+
+@pytest.mark.parametrize(
+    "engine", [FasterPAMEngine(FasterPAMConfig()), SklearnExtraEngine(SklearnExtraConfig())]
+)
+def test_engines_return_distinct_medoids_deterministically(engine, mnist_points):
+    chosen = engine.select(mnist_points, 20, seed=0)
+    assert chosen.shape == (20,) and len(np.unique(chosen)) == 20
+    assert chosen.min() >= 0 and chosen.max() < len(mnist_points)
+    assert np.array_equal(chosen, engine.select(mnist_points, 20, seed=0))
+    with pytest.raises(ValueError, match="lower part_bank.bank_size"):
+        engine.select(mnist_points[:10], 20, seed=0)
+
+
+def test_fasterpam_is_at_least_as_good_as_alternate(mnist_points):
+    fasterpam = FasterPAMEngine(FasterPAMConfig()).select(mnist_points, 20, seed=0)
+    alternate = SklearnExtraEngine(SklearnExtraConfig()).select(mnist_points, 20, seed=0)
+    best = kmedoids_objective(mnist_points, mnist_points[fasterpam])
+    assert best <= kmedoids_objective(mnist_points, mnist_points[alternate]) * 1.01
+    # and clearly better than picking patches at random
+    random_pick = np.random.default_rng(0).choice(len(mnist_points), 20, replace=False)
+    assert best < 0.9 * kmedoids_objective(mnist_points, mnist_points[random_pick])
+
+
+def test_build_bank_and_save_load_round_trip(mnist_images, tmp_path):
+    config = FasterPAMConfig(bank_size=12, num_patches=400, seed=5)
+    bank = build_bank(mnist_images, GRID, FasterPAMEngine(config), config)
+    assert bank.exemplars.shape == (12, 1, 5, 5) and bank.exemplars.dtype == torch.float32
+    assert 0 <= bank.exemplars.min() and bank.exemplars.max() <= 1
+    meta = bank.metadata
+    assert (meta["patch_size"], meta["bank_size"], meta["seed"], meta["num_patches"], meta["engine"]) == (
+        5,
+        12,
+        5,
+        400,
+        "kmedoids",
+    )
+    assert meta["objective"] > 0 and meta["build_seconds"] > 0
+    again = build_bank(mnist_images, GRID, FasterPAMEngine(config), config)
+    assert torch.equal(bank.exemplars, again.exemplars)
+
+    bank.save(tmp_path / "bank.pt", "abc123")
+    loaded = PartBank.load(tmp_path / "bank.pt")
+    assert torch.equal(loaded.exemplars, bank.exemplars) and loaded.metadata == bank.metadata
+    assert load_checkpoint(tmp_path / "bank.pt")["config_hash"] == "abc123"
+
+
+def make_run(tmp_path, bundled_mnist_root, *overrides) -> Run:
+    config = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "name=bank_test",
+            "data.type=mnist",
+            f"data.root={bundled_mnist_root}",
+            "data.train_fraction=0.03",
+            "model.part_bank.type=kmedoids",
+            "model.part_bank.bank_size=10",
+            "model.part_bank.num_patches=300",
+            *overrides,
+        ],
+    )
+    return Run(config, device="cpu")
+
+
+def test_ensure_bank_skips_when_current_and_archives_on_config_change(tmp_path, bundled_mnist_root):
+    run = make_run(tmp_path, bundled_mnist_root)
+    bank = ensure_bank(run)
+    assert bank.bank_size == 10 and (run.dir / "bank.pt").is_file()
+    first_write = (run.dir / "bank.pt").stat().st_mtime_ns
+    again = ensure_bank(make_run(tmp_path, bundled_mnist_root))
+    assert torch.equal(again.exemplars, bank.exemplars)
+    assert (run.dir / "bank.pt").stat().st_mtime_ns == first_write  # skipped, not rebuilt
+    assert [r["bank_size"] for r in read_metrics(run.dir / "metrics.jsonl") if r["stage"] == "bank"] == [10]
+
+    changed = ensure_bank(make_run(tmp_path, bundled_mnist_root, "model.part_bank.bank_size=15"))
+    assert changed.bank_size == 15
+    assert len(list((run.dir / "stale").glob("bank-*.pt"))) == 1
+    assert PartBank.load(next((run.dir / "stale").glob("bank-*.pt"))).bank_size == 10
