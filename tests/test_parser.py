@@ -1,0 +1,183 @@
+"""The heuristic parser (Algorithm 1), parse rendering, parse PSNR and the parse stage, on real MNIST."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from npdraw_core.bank import PartBank, build_bank, ensure_bank
+from npdraw_core.checkpoint import load_checkpoint, read_metrics
+from npdraw_core.config import load_config, parse_component
+from npdraw_core.data import canvas_images
+from npdraw_core.geometry import Grid, ModelShape
+from npdraw_core.latents import render
+from npdraw_core.parsing import ensure_parses, parse_images, parse_psnr, render_parses, save_parse_figure
+from npdraw_core.registry import default_registry
+from npdraw_core.run import Run
+from npdraw_plugins.parsers import HeuristicParser, HeuristicParserConfig
+from npdraw_plugins.part_banks import FasterPAMConfig, FasterPAMEngine
+
+GRID = Grid(28, 5)
+
+
+def make_parser(grid=GRID, channels=1, bank_size=50, **options) -> HeuristicParser:
+    shape = ModelShape(channels, grid.canvas_size, grid.canvas_size, grid.patch_size, bank_size)
+    return HeuristicParser(HeuristicParserConfig(**options), shape=shape)
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dataset):
+    train = canvas_images(mnist_dataset.load("train"), 28)[:2000]
+    test = canvas_images(mnist_dataset.load("test"), 28)[:500]
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def mnist_bank(mnist):
+    config = FasterPAMConfig(bank_size=20, num_patches=1500)
+    return build_bank(mnist[0], GRID, FasterPAMEngine(config), config)
+
+
+def test_registered_parser_builds_from_config():
+    registry = default_registry()
+    chosen = parse_component(
+        "parser", {"type": "heuristic", "parse_threshold": 0.02}, "model.parser", registry
+    )
+    parser = registry.get("parser", "heuristic").build(chosen.config, shape=ModelShape(1, 28, 28, 5, 50))
+    assert parser.config.parse_threshold == 0.02 and parser.grid == GRID
+
+
+def test_blank_image_draws_nothing(mnist_bank):
+    latents = make_parser().parse(torch.zeros(2, 1, 28, 28), mnist_bank.exemplars)
+    assert latents.whether.sum() == 0
+    assert torch.equal(latents.indices()["where"], torch.arange(36).expand(2, -1))
+
+
+def test_image_made_of_exemplars_parses_back_to_them(mnist_bank):
+    exemplars = mnist_bank.exemplars
+    ids = torch.randint(len(exemplars), (36,), generator=torch.Generator().manual_seed(0))
+    interior = torch.tensor(
+        [0 < t // 6 < 5 and 0 < t % 6 < 5 for t in range(36)]
+    )  # cells clear of the padding
+    cells = exemplars[ids] * interior[:, None, None, None]
+    image = GRID.assemble(cells)[None]
+    parsed = make_parser(bank_size=len(exemplars)).parse(image, exemplars).indices()
+    assert torch.equal(parsed["whether"][0].bool(), interior)
+    assert torch.equal(parsed["what"][0][interior], ids[interior])
+    assert torch.equal(render(make_parser().parse(image, exemplars), exemplars, GRID), image)
+
+
+def test_cost_threshold_by_hand():
+    # 1×1 patches on a 2×2 canvas; bank = {1.0}. A pixel of value a has cost |a − 1| − a = 1 − 2a:
+    # a = 0.5 → cost 0 ≤ ε → draw; a = 0.49 → cost 0.02 > ε = 0.01 → skip; a = 0 → cost 1 → skip.
+    grid = Grid(2, 1)
+    image = torch.tensor([[[[0.5, 0.49], [0.0, 0.9]]]])
+    parsed = make_parser(grid, bank_size=1).parse(image, torch.ones(1, 1, 1, 1)).indices()
+    assert parsed["whether"].tolist() == [[1, 0, 0, 1]]
+    parsed = (
+        make_parser(grid, bank_size=1, parse_threshold=0.03).parse(image, torch.ones(1, 1, 1, 1)).indices()
+    )
+    assert parsed["whether"].tolist() == [[1, 1, 0, 1]]
+    # nearest exemplar by Euclidean distance, colour cells as one vector over channels
+    bank = torch.tensor([[0.2, 0.2, 0.2], [0.9, 0.0, 0.0]])[:, :, None, None]
+    red = torch.tensor([0.7, 0.1, 0.0])[None, :, None, None].expand(1, 3, 2, 2)
+    assert make_parser(grid, channels=3, bank_size=2).parse(red, bank).indices()["what"].tolist() == [[1] * 4]
+
+
+def test_parser_rejects_mismatched_shapes(mnist_bank):
+    with pytest.raises(ValueError, match="at_canvas_size"):
+        make_parser().parse(torch.zeros(1, 1, 32, 32), mnist_bank.exemplars)
+    with pytest.raises(ValueError, match="rebuild the bank"):
+        make_parser().parse(torch.zeros(1, 1, 28, 28), torch.zeros(5, 1, 4, 4))
+
+
+def test_parse_images_is_compact_and_chunk_independent(mnist, mnist_bank):
+    images = mnist[1][:300]
+    whole = parse_images(make_parser(batch_size=300), images, mnist_bank, progress=False)
+    chunked = parse_images(make_parser(batch_size=7), images, mnist_bank.exemplars, progress=False)
+    assert {k: v.dtype for k, v in whole.items()} == {
+        "what": torch.int16,
+        "where": torch.int16,
+        "whether": torch.uint8,
+    }
+    assert all(v.shape == (300, 36) for v in whole.values())
+    assert all(torch.equal(whole[k], chunked[k]) for k in whole)
+    rendered = render_parses(whole, mnist_bank, GRID, batch_size=64)
+    assert rendered.shape == images.shape and 0 < whole["whether"].float().mean() < 1
+
+
+def test_psnr_by_hand():
+    images = torch.zeros(3, 1, 2, 2)
+    rendered = torch.stack([torch.full((1, 2, 2), 0.1), torch.full((1, 2, 2), 0.01), torch.zeros(1, 2, 2)])
+    # per-image MSE 0.01 → 20 dB, 1e-4 → 40 dB, 0 → capped at 100 dB
+    result = parse_psnr(images, rendered)
+    assert result["psnr_mean"] == pytest.approx((20 + 40 + 100) / 3)
+    assert result["psnr_of_mean_mse"] == pytest.approx(-10 * math.log10((0.01 + 1e-4) / 3))
+    assert parse_psnr(images, images) == {
+        "psnr_mean": pytest.approx(100),
+        "psnr_of_mean_mse": pytest.approx(100),
+    }
+
+
+def test_psnr_rises_with_bank_size_on_real_mnist(mnist):
+    train, test = mnist
+    scores = []
+    for bank_size in (5, 20, 80):
+        config = FasterPAMConfig(bank_size=bank_size, num_patches=1500)
+        bank = build_bank(train, GRID, FasterPAMEngine(config), config)
+        indices = parse_images(make_parser(bank_size=bank_size), test, bank, progress=False)
+        scores.append(parse_psnr(test, render_parses(indices, bank, GRID))["psnr_mean"])
+    assert scores[0] < scores[1] < scores[2], scores
+    assert 12 < scores[1] < 25  # a parse is a rough sketch of the digit, well above a blank canvas (~9 dB)
+
+
+def test_parse_figure_shows_pairs(mnist, tmp_path):
+    images = mnist[1][:40]
+    save_parse_figure(images, images * 0.5, tmp_path / "parses.png", num=32)
+    with Image.open(tmp_path / "parses.png") as png:
+        assert png.size == (16 * 30 + 2, 4 * 30 + 2)  # 8 (image, parse) pairs per row, 4 rows
+
+
+@pytest.fixture
+def small_mnist_npz(mnist_dataset, tmp_path):
+    """A real-MNIST npz small enough that the whole stage (all three splits) runs in a few seconds."""
+    path = tmp_path / "mnist_small.npz"
+    train, test = mnist_dataset.load("train"), mnist_dataset.load("test")
+    np.savez(path, images=train.images[:700, 0].numpy(), test_images=test.images[:300, 0].numpy())
+    return path
+
+
+def test_ensure_parses_saves_logs_and_skips(tmp_path, small_mnist_npz):
+    overrides = [
+        f"output_dir={tmp_path}",
+        "name=parse_test",
+        "data.type=npz",
+        f"data.path={small_mnist_npz}",
+        "data.binary=true",
+        "data.valid_size=100",
+        "model.part_bank.bank_size=10",
+        "model.part_bank.num_patches=300",
+    ]
+    run = Run(load_config(None, overrides), device="cpu")
+    bank = ensure_bank(run)
+    parses = ensure_parses(run, bank)
+    for split, size in {"train": 600, "valid": 100, "test": 300}.items():
+        assert parses[split]["what"].shape == (size, 36) and parses[split]["whether"].dtype == torch.uint8
+    stored = load_checkpoint(run.path("parses.pt"))
+    assert torch.equal(stored["test"]["what"], parses["test"]["what"])
+    records = [r for r in read_metrics(run.path("metrics.jsonl")) if r["stage"] == "parse"]
+    assert [r["split"] for r in records] == ["train", "valid", "test"]
+    assert all(10 < r["psnr_mean"] < 30 and 0 < r["draw_fraction"] < 1 for r in records)
+    assert records[2]["psnr_mean"] == pytest.approx(stored["metrics"]["test"]["psnr_mean"])
+    assert run.path("parses.png").is_file()
+
+    again = ensure_parses(Run(load_config(None, overrides), device="cpu"), PartBank.load(run.path("bank.pt")))
+    assert torch.equal(again["train"]["what"], parses["train"]["what"])
+    assert len([r for r in read_metrics(run.path("metrics.jsonl")) if r["stage"] == "parse"]) == 3  # skipped
+    # a different bank invalidates the parses
+    ensure_parses(run, PartBank(bank.exemplars.flip(0), bank.metadata))
+    assert len(list(run.path("stale").glob("parses-*.pt"))) == 1
