@@ -12,12 +12,12 @@ import math
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from npdraw_plugins.encoders import ResidualBlock, check_positive, conv_bn_relu
 from torch import Tensor, nn
 
 from npdraw_core.geometry import ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Decoder
+from npdraw_plugins.encoders import ResidualBlock, check_positive, conv_bn_relu
 
 
 @dataclass(kw_only=True)

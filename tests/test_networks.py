@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from npdraw_core.data import dynamic_binarize, to_unit
+from npdraw_core.geometry import ModelShape
+from npdraw_core.registry import default_registry
 from npdraw_plugins.decoders import ConvDecoder, ConvDecoderConfig
 from npdraw_plugins.encoders import (
     ConvEncoder,
@@ -18,10 +22,6 @@ from npdraw_plugins.output_distributions import (
     DiscretizedLogisticMixture,
     DiscretizedLogisticMixtureConfig,
 )
-
-from npdraw_core.data import dynamic_binarize, to_unit
-from npdraw_core.geometry import ModelShape
-from npdraw_core.registry import default_registry
 
 # (channels, image_size, canvas_size, patch_size): MNIST/Omniglot, CIFAR-10, CelebA
 GEOMETRIES = [(1, 28, 28, 5), (3, 32, 32, 4), (3, 64, 32, 4)]

@@ -10,16 +10,16 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from scipy import stats
+from scipy.special import logsumexp
+
+from npdraw_core.registry import default_registry
 from npdraw_plugins.output_distributions import (
     Bernoulli,
     BernoulliConfig,
     DiscretizedLogisticMixture,
     DiscretizedLogisticMixtureConfig,
 )
-from scipy import stats
-from scipy.special import logsumexp
-
-from npdraw_core.registry import default_registry
 
 
 def mixture(channels: int, components: int = 10, bins: int = 256) -> DiscretizedLogisticMixture:
