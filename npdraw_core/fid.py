@@ -15,6 +15,7 @@ Inception weights: `resolve_inception_weights` finds pytorch-fid's FID-Inception
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import warnings
 from collections.abc import Iterable, Iterator
@@ -187,6 +188,20 @@ def fid_scores(
     return scores
 
 
+def fid_floor(
+    extractor: FeatureExtractor, reference: Tensor, *, binary: bool, seed: int = 0, **options: Any
+) -> float:
+    """The score of real data against real data: one random half of `reference` against the other
+    (the noise level of a score from this many images). Random, not first/second half: MNIST's test set
+    puts its cleaner writers first, and its index halves differ by far more than sampling noise."""
+    order = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))
+    half_a, half_b = reference[order[: len(order) // 2]], reference[order[len(order) // 2 :]]
+    if half_a.dtype == torch.uint8:
+        half_a = to_unit(half_a)
+    generator = torch.Generator().manual_seed(seed + 1) if binary else None
+    return fid(extractor, half_a, half_b, binary=binary, generator=generator, reference_seed=seed, **options)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Building extractors for a run
 
@@ -203,7 +218,11 @@ def build_feature_extractor(
     config = parse_dataclass(
         component.config_class, dict(options or {}), f"feature_extractor.{name}", run.registry
     )
-    extractor = run.build("feature_extractor", ComponentConfig(name, config), run=run)
+    # factories may take the run (device, dataset); one written to the bare hookspec takes the config only
+    parameters = inspect.signature(component.factory).parameters.values()
+    takes_run = any(p.name == "run" or p.kind is p.VAR_KEYWORD for p in parameters)
+    context = {"run": run} if takes_run else {}
+    extractor = run.build("feature_extractor", ComponentConfig(name, config), **context)
     if prepare and hasattr(extractor, "prepare"):
         extractor.prepare(run)
     return extractor
@@ -215,8 +234,10 @@ def reference_cache_path(run) -> Path:
     return Path(run.config.output_dir) / "fid_cache" / f"{data.type}-{config_hash(data)[:8]}.npz"
 
 
-def reference_key(run, split: str, num_images: int) -> str:
-    return f"{run.config.data.type}-{config_hash(run.config.data)}|{split}|n={num_images}"
+def reference_identity(run, split: str, num_images: int) -> str:
+    """The cache key of the first `num_images` images of `split` of the run's dataset (`fid`'s
+    `reference_key`; the Bernoulli seed is added by `fid`)."""
+    return f"{run.config.data.type}-{config_hash(run.config.data)}|{split}|first={num_images}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -275,9 +296,10 @@ def convert_fid_helper_weights(
     pool3 features never use it, and neither may anything else."""
     from pytorch_fid.inception import _inception_v3
 
-    source = torch.jit.load(
-        str(torchscript_path or fid_helper_torchscript_path()), map_location="cpu"
-    ).state_dict()
+    with warnings.catch_warnings():  # torch.jit.load's deprecation notice; nothing else reads this file
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(str(torchscript_path or fid_helper_torchscript_path()), map_location="cpu")
+    source = scripted.state_dict()
     # FID-Inception's tensors are those of torchvision's Inception-v3 with 1008 classes and no aux head
     # (pytorch-fid's FID blocks change forward passes only); built without weights, so nothing downloads.
     template = _inception_v3(num_classes=1008, aux_logits=False, weights=None).state_dict()

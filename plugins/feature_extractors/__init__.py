@@ -4,6 +4,7 @@ optionally, the `run` it serves (for its device and dataset)."""
 
 from __future__ import annotations
 
+from npdraw_core.hookspecs import hookimpl
 from npdraw_plugins.feature_extractors.inception import (
     InceptionConfig,
     InceptionExtractor,
@@ -19,8 +20,6 @@ from npdraw_plugins.feature_extractors.lenet import (
     save_lenet,
     train_lenet,
 )
-
-from npdraw_core.hookspecs import hookimpl
 
 __all__ = [
     "InceptionConfig", "InceptionExtractor", "LeNet", "LeNetConfig", "LeNetExtractor", "accuracy",
