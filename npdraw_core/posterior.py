@@ -20,7 +20,7 @@ from npdraw_core.latents import Latents
 def gumbel_noise(shape: torch.Size, *, like: Tensor, generator: torch.Generator | None) -> Tensor:
     uniform = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
     tiny = torch.finfo(like.dtype).tiny
-    return -torch.log(-torch.log(uniform.clamp_min(tiny)).clamp_min(tiny))
+    return -torch.log((-torch.log(uniform.clamp_min(tiny))).clamp_min(tiny))
 
 
 def gumbel_softmax(logits: Tensor, *, temperature: float, hard: bool, generator: torch.Generator | None) -> Tensor:
