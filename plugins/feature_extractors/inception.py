@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from npdraw_core.checkpoint import load_checkpoint
-from npdraw_core.fid import resolve_inception_weights
+from npdraw_core.inception_weights import resolve_inception_weights
 from npdraw_core.run import resolve_device
 
 
