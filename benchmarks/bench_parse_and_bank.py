@@ -1,0 +1,112 @@
+"""Parse throughput and part-bank engines side by side, on MNIST's 60,000 training images.
+
+Prints ONE JSON line: heuristic-parser throughput (images/s) over all 60,000 training images (train +
+valid) with K=5, M=50, and, on the same sampled patches (10,000 by default), each K-medoids engine's build
+time (distance matrix + medoid search, seconds) and objective (mean distance to the nearest medoid).
+
+    nice -n 10 .venv/bin/python benchmarks/bench_parse_and_bank.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from npdraw_core.bank import PartBank, PartBankConfig, kmedoids_objective, sample_patches
+from npdraw_core.config import parse_component
+from npdraw_core.data import canvas_images
+from npdraw_core.geometry import Grid, ModelShape
+from npdraw_core.parsing import parse_images, parse_psnr, render_parses
+from npdraw_core.registry import default_registry
+from npdraw_core.run import resolve_device
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    options = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    options.add_argument("--mnist-root", default=str(REPO / "data" / "mnist"))
+    options.add_argument("--patch-size", type=int, default=5)
+    options.add_argument("--bank-size", type=int, default=50)
+    options.add_argument("--num-patches", type=int, default=10000)
+    options.add_argument("--seed", type=int, default=0)
+    options.add_argument("--device", default="auto")
+    args = options.parse_args()
+
+    registry = default_registry()
+    chosen = parse_component("dataset", {"type": "mnist", "root": args.mnist_root}, "data", registry)
+    dataset = registry.get("dataset", "mnist").build(chosen.config)
+    images = torch.cat([canvas_images(dataset.load(split), 28) for split in ("train", "valid")])
+    grid = Grid(28, args.patch_size)
+    defaults = PartBankConfig(bank_size=args.bank_size, num_patches=args.num_patches, seed=args.seed)
+
+    started = time.perf_counter()
+    patches = sample_patches(
+        images,
+        grid,
+        num_patches=defaults.num_patches,
+        min_patch_mass=defaults.min_patch_mass,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    result = {
+        "benchmark": "parse_and_bank",
+        "images": len(images),
+        "patch_size": args.patch_size,
+        "bank_size": args.bank_size,
+        "num_patches": len(patches),
+        "min_patch_mass": defaults.min_patch_mass,
+        "sample_patches_seconds": round(time.perf_counter() - started, 3),
+    }
+    points = patches.flatten(1).numpy()
+    banks = {}
+    for name in ("kmedoids", "sklearn_extra"):
+        component = registry.get("part_bank", name)
+        config = parse_component(
+            "part_bank", {"type": name, "bank_size": args.bank_size}, "part_bank", registry
+        ).config
+        engine = component.build(config)
+        started = time.perf_counter()
+        chosen_rows = np.asarray(engine.select(points, args.bank_size, seed=args.seed))
+        seconds = time.perf_counter() - started
+        objective = kmedoids_objective(points, points[chosen_rows])
+        result[f"{name}_build_seconds"] = round(seconds, 3)
+        result[f"{name}_objective"] = round(objective, 5)
+        banks[name] = PartBank(patches[torch.from_numpy(chosen_rows)])
+    result["objective_ratio_sklearn_extra_to_kmedoids"] = round(
+        result["sklearn_extra_objective"] / result["kmedoids_objective"], 4
+    )
+    result["build_time_ratio_sklearn_extra_to_kmedoids"] = round(
+        result["sklearn_extra_build_seconds"] / result["kmedoids_build_seconds"], 3
+    )
+
+    device = resolve_device(args.device)
+    bank = banks["kmedoids"]
+    shape = ModelShape(1, 28, 28, args.patch_size, args.bank_size)
+    parser_config = parse_component("parser", {"type": "heuristic"}, "parser", registry).config
+    parser = registry.get("parser", "heuristic").build(parser_config, shape=shape)
+    parse_images(parser, images[:2048], bank, progress=False, device=device)  # warm-up (allocator, threads)
+    started = time.perf_counter()
+    indices = parse_images(parser, images, bank, progress=False, device=device)
+    seconds = time.perf_counter() - started
+    result.update(
+        device=str(device),
+        torch_threads=torch.get_num_threads(),
+        parse_batch_size=parser.batch_size,
+        parse_seconds=round(seconds, 3),
+        parse_images_per_second=round(len(images) / seconds, 1),
+        draw_fraction=round(float(indices["whether"].float().mean()), 4),
+        **{
+            k: round(v, 3)
+            for k, v in parse_psnr(images, render_parses(indices, bank, grid, device=device)).items()
+        },
+    )
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
