@@ -106,6 +106,8 @@ def test_parse_images_is_compact_and_chunk_independent(mnist, mnist_bank):
     }
     assert all(v.shape == (300, 36) for v in whole.values())
     assert all(torch.equal(whole[k], chunked[k]) for k in whole)
+    via_latents = make_parser().parse(images, mnist_bank.exemplars).indices()  # the protocol's path
+    assert all(torch.equal(whole[k].long(), via_latents[k].long()) for k in whole)
     rendered = render_parses(whole, mnist_bank, GRID, batch_size=64)
     assert rendered.shape == images.shape and 0 < whole["whether"].float().mean() < 1
 
