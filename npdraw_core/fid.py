@@ -156,6 +156,11 @@ def cached_statistics(
     return stats
 
 
+def reference_cache_key(reference_key: str, *, binary: bool, reference_seed: int = 0) -> str:
+    """The cache key of `fid`'s reference statistics: the images' identity plus how they were sampled."""
+    return f"{reference_key}|bernoulli_seed={reference_seed}" if binary else f"{reference_key}|grey"
+
+
 def fid(
     extractor: FeatureExtractor,
     generated: Tensor | Iterable[Tensor],
@@ -181,7 +186,7 @@ def fid(
     reference_generator = torch.Generator().manual_seed(reference_seed) if binary else None
     options = dict(batch_size=batch_size, progress=progress)
     if cache_path is not None and reference_key is not None:
-        key = f"{reference_key}|bernoulli_seed={reference_seed}" if binary else f"{reference_key}|grey"
+        key = reference_cache_key(reference_key, binary=binary, reference_seed=reference_seed)
         reference_stats = cached_statistics(
             extractor, reference, cache_path, key, generator=reference_generator, **options
         )

@@ -23,10 +23,9 @@ from npdraw_core.run import resolve_device
 
 @dataclass(kw_only=True)
 class InceptionConfig:
-    weights_path: str | None = (
-        None  # pytorch-fid's pt_inception-2015-12-05 state dict; None: the hub cache file
-    )
+    weights_path: str | None = None  # pytorch-fid's pt_inception-2015-12-05 state dict; None: hub cache file
     device: str | None = None  # None: the run's device (CUDA when available)
+    max_batch: int = 50  # images per forward pass: a 299×299 batch of 250 needs several GiB of activations
 
 
 @contextmanager
@@ -69,6 +68,7 @@ class InceptionExtractor:
     def __init__(self, config: InceptionConfig, *, run=None):
         device = config.device or (str(run.device) if run is not None else "auto")
         self.device = resolve_device(device)
+        self.max_batch = config.max_batch
         weights = resolve_inception_weights(config.weights_path)
         self.model = load_fid_inception(weights, self.device)
         # cached reference statistics are only valid for the same weights
@@ -81,6 +81,9 @@ class InceptionExtractor:
             raise ValueError(
                 f"inception features need (B, 1 or 3, H, W) images, got shape {tuple(images.shape)}"
             )
+        return torch.cat([self._pool3(chunk) for chunk in images.split(self.max_batch)])
+
+    def _pool3(self, images: Tensor) -> Tensor:
         images = images.to(self.device, torch.float32)
         if images.shape[1] == 1:  # grey images are shown to Inception as three equal channels
             images = images.expand(-1, 3, -1, -1)
