@@ -1,0 +1,184 @@
+"""The NP-DRAW prior (spec §4): a causal pre-LayerNorm Transformer over per-step frames (canvas + location
+mask), with three MLP heads for what / where / whether.
+
+`forward` runs teacher forcing over all T frames at once. `step` feeds one frame at a time for ancestral
+sampling: with `use_cache=True` each layer keeps the keys and values of past positions, so a step costs one
+Transformer position (O(T) positions per sample); with `use_cache=False` it keeps the frames and recomputes
+the whole prefix every step (the authors' sampler, O(T²); kept for tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from npdraw_core.geometry import ModelShape
+from npdraw_core.hookspecs import hookimpl
+from npdraw_core.interfaces import Prior, StepLogits
+
+
+@dataclass(kw_only=True)
+class TransformerPriorConfig:
+    d_model: int = 64
+    depth: int = 8
+    num_heads: int = 16
+    head_dim: int = 64
+    mlp_dim: int = 2048
+    dropout: float = 0.1
+    head_hidden: int = 64  # hidden width of the what / where / whether MLP heads
+    embed_channels: int = 16  # channels of the 3×3 stride-2 frame convolution (the authors used 16)
+    union_masks: bool = (
+        False  # location channel = union of all past masks (the authors' code), see prior_frames
+    )
+
+
+@dataclass
+class KeyValueCache:
+    """Keys and values of the positions fed so far, per layer, preallocated for all T steps."""
+
+    keys: list[Tensor]  # per layer (B, heads, T, head_dim)
+    values: list[Tensor]
+    length: int = 0
+
+
+@dataclass
+class PrefixState:
+    """The full-recompute sampler's state: every frame fed so far, (B, t, C+1, S, S)."""
+
+    frames: Tensor
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: TransformerPriorConfig):
+        super().__init__()
+        self.num_heads, self.head_dim, self.dropout = config.num_heads, config.head_dim, config.dropout
+        inner = config.num_heads * config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * inner)
+        self.out = nn.Sequential(nn.Linear(inner, config.d_model), nn.Dropout(config.dropout))
+
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
+        batch, length, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None:
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            # One new position attends to every cached one; no mask is needed since only the past is cached.
+            keys, values, start = cache
+            keys[:, :, start : start + length] = k
+            values[:, :, start : start + length] = v
+            stop = start + length
+            attended = F.scaled_dot_product_attention(
+                q, keys[:, :, :stop], values[:, :, :stop], dropout_p=dropout
+            )
+        return self.out(attended.transpose(1, 2).reshape(batch, length, -1))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: TransformerPriorConfig):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(config.d_model)
+        self.attention = CausalSelfAttention(config)
+        self.mlp_norm = nn.LayerNorm(config.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.d_model, config.mlp_dim),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.mlp_dim, config.d_model),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def _head(d_model: int, hidden: int, outputs: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+
+
+class TransformerPrior(Prior):
+    def __init__(self, config: TransformerPriorConfig, *, shape: ModelShape):
+        super().__init__()
+        if config.d_model < 1 or config.depth < 0 or config.num_heads < 1 or config.head_dim < 1:
+            raise ValueError(f"transformer prior sizes must be positive, got {config}")
+        self.config, self.shape = config, shape
+        self.union_masks = config.union_masks
+        self.num_steps = shape.num_steps
+        frame_channels = shape.channels + 1
+        embedded_side = (shape.canvas_size + 1) // 2  # 3×3 conv, stride 2, padding 1
+        self.frame_embedding = nn.Sequential(
+            nn.Conv2d(frame_channels, config.embed_channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(config.embed_channels * embedded_side**2, config.d_model),
+        )
+        self.positions = nn.Parameter(torch.randn(self.num_steps, config.d_model) * 0.02)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.what_head = _head(config.d_model, config.head_hidden, shape.bank_size)
+        self.where_head = _head(config.d_model, config.head_hidden, self.num_steps)
+        self.whether_head = _head(config.d_model, config.head_hidden, 1)
+
+    def _embed(self, frames: Tensor, first_position: int) -> Tensor:
+        """frames (B, L, C+1, S, S) → token embeddings (B, L, d_model) for positions first..first+L-1."""
+        batch, length = frames.shape[:2]
+        if first_position + length > self.num_steps:
+            raise ValueError(
+                f"the prior was built for {self.num_steps} steps but got frames up to position {first_position + length}; "
+                "check that model.patch_size and model.canvas_size match the ones it was trained with"
+            )
+        tokens = self.frame_embedding(frames.flatten(0, 1)).view(batch, length, -1)
+        return self.embedding_dropout(tokens + self.positions[first_position : first_position + length])
+
+    def _heads(self, hidden: Tensor) -> StepLogits:
+        hidden = self.final_norm(hidden)
+        return StepLogits(
+            whether=self.whether_head(hidden).squeeze(-1),
+            what=self.what_head(hidden),
+            where=self.where_head(hidden),
+        )
+
+    def forward(self, frames: Tensor) -> StepLogits:
+        hidden = self._embed(frames, 0)
+        for block in self.blocks:
+            hidden = block(hidden)
+        return self._heads(hidden)
+
+    def start(self, batch_size: int, *, use_cache: bool = True) -> KeyValueCache | PrefixState:
+        reference = self.positions
+        if not use_cache:
+            side = self.shape.canvas_size
+            return PrefixState(reference.new_zeros(batch_size, 0, self.shape.channels + 1, side, side))
+        size = (batch_size, self.config.num_heads, self.num_steps, self.config.head_dim)
+        return KeyValueCache(
+            keys=[reference.new_empty(size) for _ in self.blocks],
+            values=[reference.new_empty(size) for _ in self.blocks],
+        )
+
+    def step(
+        self, frame: Tensor, state: KeyValueCache | PrefixState
+    ) -> tuple[StepLogits, KeyValueCache | PrefixState]:
+        if isinstance(state, PrefixState):  # the authors' way: recompute every position seen so far
+            frames = torch.cat([state.frames, frame[:, None]], dim=1)
+            logits = self(frames)
+            return StepLogits(logits.whether[:, -1], logits.what[:, -1], logits.where[:, -1]), PrefixState(
+                frames
+            )
+        position = state.length
+        hidden = self._embed(frame[:, None], position)
+        for block, keys, values in zip(self.blocks, state.keys, state.values, strict=True):
+            hidden = block(hidden, (keys, values, position))
+        logits = self._heads(hidden[:, 0])
+        return logits, KeyValueCache(state.keys, state.values, position + 1)
+
+
+@hookimpl
+def npdraw_register_priors(register):
+    register("transformer", TransformerPrior, TransformerPriorConfig)
