@@ -31,14 +31,12 @@ def build_model(run: Run, bank: torch.Tensor, prior: torch.nn.Module) -> NPDraw:
     dataset, model_config = run.dataset, run.config.model
     shape = ModelShape(dataset.channels, dataset.image_size, model_config.canvas_size, model_config.patch_size, len(bank))
     output = run.build("output_distribution", model_config.output, channels=dataset.channels)
-    return NPDraw(
-        bank=bank,
-        grid=run.grid,
-        prior=prior,
-        encoder=run.build("encoder", model_config.encoder, shape=shape),
-        decoder=run.build("decoder", model_config.decoder, shape=shape, out_channels=output.num_params()),
-        output=output,
-    ).to(run.device)
+    # Initial weights follow the run's seed, in any process, without touching the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.config.seed)
+        encoder = run.build("encoder", model_config.encoder, shape=shape)
+        decoder = run.build("decoder", model_config.decoder, shape=shape, out_channels=output.num_params())
+    return NPDraw(bank=bank, grid=run.grid, prior=prior, encoder=encoder, decoder=decoder, output=output).to(run.device)
 
 
 def model_hash(run: Run, prior_hash: str) -> str:
