@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from npdraw_core import distributions, posterior
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import Decoder, Encoder, OutputDistribution, Prior, StepLogits
-from npdraw_core.latents import Latents, prior_frames, render
-from npdraw_core.sampling import sample_latents
+from npdraw_core.latents import Latents, render
+from npdraw_core.sampling import prior_logits, sample_latents
 
 
 @dataclass
@@ -72,8 +72,7 @@ class NPDraw(nn.Module):
         return self.decoder(canvas)
 
     def prior_logits(self, latents: Latents) -> StepLogits:
-        union = getattr(self.prior, "union_masks", False)
-        return self.prior(prior_frames(latents, self.bank, self.grid, union_masks=union))
+        return prior_logits(self.prior, latents, self.bank, self.grid)
 
     # -- training objective ----------------------------------------------------------------------------
     def loss(

@@ -14,7 +14,7 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from npdraw_core.checkpoint import load_checkpoint, save_checkpoint
+from npdraw_core.checkpoint import save_checkpoint
 from npdraw_core.config import config_hash
 from npdraw_core.data import dynamic_binarize, minibatch_indices, to_unit
 from npdraw_core.geometry import ModelShape

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from npdraw_core.registry import Registry, default_registry
 
 
