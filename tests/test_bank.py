@@ -168,3 +168,17 @@ def test_ensure_bank_skips_when_current_and_archives_on_config_change(tmp_path, 
     assert changed.bank_size == 15
     assert len(list((run.dir / "stale").glob("bank-*.pt"))) == 1
     assert PartBank.load(next((run.dir / "stale").glob("bank-*.pt"))).bank_size == 10
+
+
+def test_colour_patches_keep_their_channels_together():
+    # channel 1 is half of channel 0 and channel 2 is blank in every image, so every patch must be too
+    base = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = torch.cat([base, base / 2, torch.zeros_like(base)], dim=1)
+    patches = sample_patches(
+        images, Grid(32, 4), num_patches=300, min_patch_mass=0.1, generator=torch.Generator().manual_seed(1)
+    )
+    assert patches.shape == (300, 3, 4, 4)
+    assert torch.equal(patches[:, 1], patches[:, 0] / 2) and torch.all(patches[:, 2] == 0)
+    # every patch is a crop of one of the images at some offset
+    windows = base[:, 0].unfold(1, 4, 1).unfold(2, 4, 1).reshape(-1, 4, 4)
+    assert all(bool((windows == patch[0]).flatten(1).all(1).any()) for patch in patches[:20])
