@@ -83,6 +83,7 @@ class EvaluationConfig:
     nll_images: int | None = None  # None: the whole test set
     fid_samples: int = 10000
     feature_extractors: list[str] = field(default_factory=lambda: ["lenet"])
+    fid_floor: bool = True  # also score a random half of the test set against the other half
     batch_size: int = 250
 
 

@@ -9,7 +9,14 @@ import torch
 from tqdm import tqdm
 
 from npdraw_core.data import minibatch_indices, to_unit
-from npdraw_core.fid import build_feature_extractor, fid_scores, reference_cache_path, reference_identity
+from npdraw_core.fid import (
+    build_feature_extractor,
+    fid_floor,
+    fid_scores,
+    reference_cache_path,
+    reference_identity,
+    score_name,
+)
 from npdraw_core.interfaces import ImageSet
 from npdraw_core.model import NPDraw
 from npdraw_core.run import Run
@@ -71,5 +78,10 @@ def evaluate(run: Run, model: NPDraw) -> dict[str, float]:
             cache_path=reference_cache_path(run), reference_key=reference_identity(run, "test", len(test)),
         ))
         results["fid_samples"] = settings.fid_samples
+        if settings.fid_floor:  # the best score a perfect model could get with this many test images
+            for extractor in extractors:
+                results[f"{score_name(extractor)}_floor"] = fid_floor(
+                    extractor, reference, binary=dataset.binary, seed=run.config.seed, batch_size=settings.batch_size
+                )
     run.log("eval", **results)
     return results

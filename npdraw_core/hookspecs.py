@@ -60,8 +60,9 @@ def npdraw_register_output_distributions(register):
 
 @hookspec
 def npdraw_register_feature_extractors(register):
-    """Register feature extractors for Fréchet distances. factory(config) →
-    `npdraw_core.interfaces.FeatureExtractor`."""
+    """Register feature extractors for Fréchet distances. factory(config, *, run=None) →
+    `npdraw_core.interfaces.FeatureExtractor` (`run` gives the dataset and device; a factory that does not
+    accept it gets the config alone)."""
 
 
 @hookspec

@@ -125,6 +125,8 @@ class OutputDistribution(Protocol):
 @runtime_checkable
 class FeatureExtractor(Protocol):
     name: str  # scores are reported as f"fid_{name}"
+    # Optional: `fingerprint: str` (a digest of the weights, keys cached statistics) and
+    # `prepare(run, *, force=False)` (create what it needs first, e.g. train a classifier).
 
     def features(self, images: Tensor) -> Tensor:
         """images (B, C, H, W) in [0, 1] → features (B, D) float64-compatible."""
