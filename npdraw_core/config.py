@@ -215,6 +215,11 @@ def coerce(value: Any, annotation: Any, path: str, registry: Registry) -> Any:
         return parse_dataclass(annotation, value, path, registry)
     if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-4 (no dot) as a string; it is clearly meant as a number
+            return float(value)
+        except ValueError:
+            pass
     if annotation in (int, str, bool) and type(value) is annotation:
         return value
     raise ConfigError(f"{path!r} must be {_type_name(annotation)}, got {value!r} ({type(value).__name__})")

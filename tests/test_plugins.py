@@ -139,3 +139,24 @@ def test_builtin_plugins_load_from_the_installed_entry_points():
     for kind, names in expected.items():
         assert names <= set(registry.names(kind)), kind
     assert all(info.distribution == "npdraw" for info in registry.plugins.values())
+
+
+def test_the_readme_plugin_example_works_and_passes_the_prior_contract(tmp_path, monkeypatch):
+    """The README's third-party prior, taken verbatim, loads through an entry point and is a valid prior."""
+    from pathlib import Path
+
+    from npdraw_core.contracts import check_prior
+    from npdraw_core.geometry import ModelShape
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    source = readme.split("```python\n# npdraw_sparse_prior.py\n", 1)[1].split("```", 1)[0]
+    assert len(source.strip().splitlines()) <= 20
+    write_module(tmp_path, monkeypatch, "npdraw_sparse_prior", source)
+    entry = EntryPoint(name="sparse_prior", value="npdraw_sparse_prior", group="npdraw")
+    registry = build_registry([entry])
+    component = registry.get("prior", "sparse")
+    config = component.config_class(draw_rate=0.2)
+    shape = ModelShape(channels=1, image_size=28, canvas_size=28, patch_size=5, bank_size=12)
+    check_prior(component.factory, config, shape)
+    prior = component.build(config, shape=shape)
+    assert abs(prior.whether_logits.sigmoid().mean().item() - 0.2) < 1e-6
