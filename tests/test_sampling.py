@@ -163,3 +163,15 @@ def test_a_cpu_generator_gives_the_same_samples_on_cuda(trained):
     assert on_cuda.what.device.type == "cuda"
     assert_same_latents(on_cpu, on_cuda.to("cpu"))
     prior.to("cpu")
+
+
+def test_the_cached_sampler_embeds_each_frame_once_and_the_full_one_recomputes_the_prefix():
+    prior = build_prior(TransformerPrior, SMALL, MNIST_SHAPE)
+    bank, steps = contract_bank(MNIST_SHAPE), MNIST_SHAPE.num_steps
+    embedded = []
+    prior.frame_embedding.register_forward_hook(lambda module, inputs, output: embedded.append(len(output)))
+    draw(prior, bank, MNIST_SHAPE.grid, 2, seed=0)
+    assert sum(embedded) == 2 * steps  # one position per step
+    embedded.clear()
+    draw(prior, bank, MNIST_SHAPE.grid, 2, seed=0, use_cache=False)
+    assert sum(embedded) == 2 * steps * (steps + 1) // 2  # the whole prefix at every step
