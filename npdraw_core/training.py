@@ -82,6 +82,7 @@ def ensure_model(run: Run, bank: torch.Tensor, parses: dict, prior: torch.nn.Mod
         sample_generator.set_state(state["sample_generator"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         if start_epoch >= settings.epochs:
+            print(f"[train] {run.path(LAST)} finished all {settings.epochs} epochs for this config; skipping", flush=True)
             return load_best(run, model, stage_hash)
         print(f"[train] resuming after epoch {state['epoch']} from {run.path(LAST)}", flush=True)
     else:
