@@ -80,7 +80,7 @@ class TrainingConfig:
 @dataclass
 class EvaluationConfig:
     nll_samples: int = 50
-    nll_images: int | None = None  # None: the whole test set
+    nll_images: int | None = None  # None: the whole test set; 0: skip the NLL
     fid_samples: int = 10000
     feature_extractors: list[str] = field(default_factory=lambda: ["lenet"])
     fid_floor: bool = True  # also score a random half of the test set against the other half

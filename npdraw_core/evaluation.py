@@ -63,11 +63,13 @@ def evaluate(run: Run, model: NPDraw) -> dict[str, float]:
     """The `eval` stage: NLL bound on the test set and FID of samples against it, logged and returned."""
     settings, dataset = run.config.evaluation, run.dataset
     test = run.dataset.load("test")
-    nll_test = test if settings.nll_images is None else test.subset(torch.arange(min(settings.nll_images, len(test))))
-    results = negative_log_likelihood(
-        model, nll_test, binary=dataset.binary, num_samples=settings.nll_samples,
-        batch_size=settings.batch_size, seed=run.config.seed,
-    )
+    results: dict[str, float] = {}
+    if settings.nll_images != 0:  # 0 skips the NLL (e.g. to add a slow FID to an evaluated run)
+        nll_test = test if settings.nll_images is None else test.subset(torch.arange(min(settings.nll_images, len(test))))
+        results.update(negative_log_likelihood(
+            model, nll_test, binary=dataset.binary, num_samples=settings.nll_samples,
+            batch_size=settings.batch_size, seed=run.config.seed,
+        ))
     if settings.feature_extractors:
         extractors = [build_feature_extractor(run, name) for name in settings.feature_extractors]
         generated = generate(model, settings.fid_samples, batch_size=settings.batch_size, seed=run.config.seed)
