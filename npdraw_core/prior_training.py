@@ -10,6 +10,7 @@ seeds it from the run's seed, and checkpoints its state; the caller's global sta
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from typing import Any
@@ -66,8 +67,10 @@ def _digest(*tensors: Tensor) -> str:
 
 def prior_config_hash(run: Run, bank: Any, parses: dict) -> str:
     """Everything the trained prior depends on: its config, the training settings, the seed, and the
-    contents of the bank and of the train/valid parses it learns from (so a rebuilt bank retrains it)."""
+    contents of the bank and of the train/valid parses it learns from (so a rebuilt bank retrains it).
+    The epoch count and early-stopping patience are left out: raising them continues the same run."""
     config = run.config
+    settings = dataclasses.replace(config.prior_training, epochs=0, early_stopping_patience=None)
     data = _digest(
         exemplars_of(bank), *(parses[s][k] for s in ("train", "valid") for k in ("what", "where", "whether"))
     )
@@ -76,7 +79,7 @@ def prior_config_hash(run: Run, bank: Any, parses: dict) -> str:
         config.model.canvas_size,
         config.model.patch_size,
         config.model.prior,
-        config.prior_training,
+        settings,
         config.seed,
         data,
     )
@@ -118,30 +121,30 @@ def ensure_prior(run: Run, bank: Any, parses: dict) -> tuple[Prior, str]:
 
 def train_prior(run: Run, bank: Any, parses: dict) -> Prior:
     """Train the run's prior on `parses` ({"train": {"what", "where", "whether": (N, T) ints}, "valid": ...}).
-    A complete `prior.pt` that matches the config is loaded instead; an incomplete one is resumed."""
+    A finished `prior.pt` that matches the config is loaded instead; an unfinished one is resumed (also
+    after raising `prior_training.epochs`, which the artefact's hash leaves out for that reason)."""
     settings, device, grid = run.config.prior_training, run.device, run.grid
-    shape = model_shape(run, bank)
-    exemplars = exemplars_of(bank).to(device)
-    prior = build_prior(run, bank)
+    if settings.epochs < 1 or settings.batch_size < 1:
+        raise ValueError(
+            f"prior_training.epochs and batch_size must be ≥ 1, got {settings.epochs}, {settings.batch_size}"
+        )
+    shape, exemplars, prior = model_shape(run, bank), exemplars_of(bank).to(device), build_prior(run, bank)
     stage_hash = prior_config_hash(run, bank, parses)
     state = run.current(CHECKPOINT, stage_hash)
-    if state is not None and state["complete"]:
-        print(f"[prior] {run.path(CHECKPOINT)} matches the config; skipping", flush=True)
+    if state is not None and _finished(state, settings):
+        print(f"[prior] {run.path(CHECKPOINT)} matches the config and is finished; skipping", flush=True)
         prior.load_state_dict(state["best_state_dict"])
         return prior.eval()
 
     optimizer = torch.optim.Adam(prior.parameters(), lr=settings.lr)
     data_generator = torch.Generator().manual_seed(run.config.seed * 1000 + 31)
-    train = parses["train"]
-    num_train = (
-        len(train["what"])
-        if settings.max_train_images is None
-        else min(settings.max_train_images, len(train["what"]))
-    )
+    train, num_train = parses["train"], len(parses["train"]["what"])
+    if settings.max_train_images is not None:
+        num_train = min(num_train, settings.max_train_images)
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(run.config.seed * 1000 + 37)  # dropout only; forked, so the caller's state is kept
-        start_epoch, best, stale_epochs, best_weights = 0, float("inf"), 0, None
+        progress = {"epoch": -1, "best": float("inf"), "stale_epochs": 0, "best_state_dict": None}
         if state is not None:
             prior.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
@@ -149,74 +152,54 @@ def train_prior(run: Run, bank: Any, parses: dict) -> Prior:
             torch.set_rng_state(state["torch_rng"])
             if cuda and state.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
-            start_epoch, best, stale_epochs = state["epoch"] + 1, state["best"], state["stale_epochs"]
-            best_weights = state["best_state_dict"]
+            progress = {name: state[name] for name in progress}
             print(f"[prior] resuming after epoch {state['epoch']} from {run.path(CHECKPOINT)}", flush=True)
-        last_epoch, patience = start_epoch - 1, settings.early_stopping_patience
-        for epoch in range(start_epoch, settings.epochs):
-            if patience is not None and stale_epochs >= patience:
-                print(
-                    f"[prior] no validation improvement for {stale_epochs} epochs; stopping early", flush=True
-                )
-                break
-            started = time.perf_counter()
+        while not _finished(progress, settings):
+            epoch, started = progress["epoch"] + 1, time.perf_counter()
             train_nll = _train_epoch(
                 prior, optimizer, exemplars, grid, shape, train, num_train, settings, data_generator, epoch
             )
             valid_nll = evaluate_nll(
                 prior, exemplars, grid, parses["valid"], batch_size=max(settings.batch_size, 500)
             )
-            if valid_nll < best:
-                best, stale_epochs = valid_nll, 0
-                best_weights = {
-                    name: value.detach().cpu().clone() for name, value in prior.state_dict().items()
+            improved = valid_nll < progress["best"]
+            progress["epoch"], progress["stale_epochs"] = (
+                epoch,
+                0 if improved else progress["stale_epochs"] + 1,
+            )
+            if improved:
+                progress["best"] = valid_nll
+                progress["best_state_dict"] = {
+                    k: v.detach().cpu().clone() for k, v in prior.state_dict().items()
                 }
-            else:
-                stale_epochs += 1
             run.log(
                 "prior",
                 epoch=epoch,
                 train_nll=train_nll,
                 valid_nll=valid_nll,
-                best_valid_nll=best,
+                best_valid_nll=progress["best"],
                 seconds=time.perf_counter() - started,
                 train_images=num_train,
             )
-            save_checkpoint(
-                _checkpoint(
-                    prior,
-                    optimizer,
-                    data_generator,
-                    cuda,
-                    epoch=epoch,
-                    best=best,
-                    stale_epochs=stale_epochs,
-                    best_weights=best_weights,
-                    stage_hash=stage_hash,
-                    complete=False,
-                ),
-                run.path(CHECKPOINT),
+            save_checkpoint({
+                **progress, "state_dict": prior.state_dict(), "optimizer": optimizer.state_dict(),
+                "data_generator": data_generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
+                "config_hash": stage_hash, "complete": _finished(progress, settings),
+            }, run.path(CHECKPOINT))  # fmt: skip
+        if progress["stale_epochs"] and progress["epoch"] + 1 < settings.epochs:
+            print(
+                f"[prior] no validation improvement for {progress['stale_epochs']} epochs; stopped early",
+                flush=True,
             )
-            last_epoch = epoch
-        if best_weights is None:
-            raise ValueError(f"prior_training.epochs is {settings.epochs}; train for at least one epoch")
-        save_checkpoint(
-            _checkpoint(
-                prior,
-                optimizer,
-                data_generator,
-                cuda,
-                epoch=last_epoch,
-                best=best,
-                stale_epochs=stale_epochs,
-                best_weights=best_weights,
-                stage_hash=stage_hash,
-                complete=True,
-            ),
-            run.path(CHECKPOINT),
-        )
-    prior.load_state_dict(best_weights)
+    prior.load_state_dict(progress["best_state_dict"])
     return prior.eval()
+
+
+def _finished(progress: dict, settings) -> bool:
+    patience = settings.early_stopping_patience
+    stalled = patience is not None and progress["stale_epochs"] >= patience
+    return progress["epoch"] + 1 >= settings.epochs or stalled
 
 
 def _train_epoch(
@@ -240,21 +223,3 @@ def _train_epoch(
         total, seen = total + nll.sum().item(), seen + len(index)
         progress.set_postfix(nll=f"{total / seen:.2f}", refresh=False)
     return total / max(seen, 1)
-
-
-def _checkpoint(
-    prior, optimizer, data_generator, cuda, *, epoch, best, stale_epochs, best_weights, stage_hash, complete
-):
-    return {
-        "state_dict": prior.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "best": best,
-        "stale_epochs": stale_epochs,
-        "best_state_dict": best_weights,
-        "data_generator": data_generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(cuda[0]) if cuda else None,
-        "config_hash": stage_hash,
-        "complete": complete,
-    }

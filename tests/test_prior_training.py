@@ -109,6 +109,20 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, mnist, monkeypatch):
         assert torch.equal(value, resumed[name]), name
 
 
+def test_raising_the_epoch_count_continues_training_where_it_stopped(tmp_path, mnist):
+    bank, parses = mnist
+    few = "prior_training.max_train_images=100"
+    uninterrupted = train_prior(make_run(tmp_path / "a", few), bank, parses).state_dict()
+    first = make_run(tmp_path / "b", few, "prior_training.epochs=1")
+    train_prior(first, bank, parses)
+    assert load_checkpoint(first.path("prior.pt"))["complete"]
+    continued_run = make_run(tmp_path / "b", few)  # epochs=2
+    continued = train_prior(continued_run, bank, parses).state_dict()
+    assert not continued_run.path("stale").exists()
+    for name, value in uninterrupted.items():
+        assert torch.equal(value, continued[name]), name
+
+
 def test_a_complete_matching_checkpoint_is_reused_without_training(tmp_path, mnist, monkeypatch):
     bank, parses = mnist
     run = make_run(tmp_path, "prior_training.lr=0.1", prior=INDEPENDENT)

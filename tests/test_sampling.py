@@ -63,7 +63,10 @@ def assert_same_latents(a, b):
 
 
 def test_cached_and_full_recompute_agree_for_an_untrained_prior_at_the_authors_size():
-    prior = TransformerPrior(TransformerPriorConfig(), shape=MNIST_SHAPE)
+    authors = TransformerPriorConfig(
+        d_model=64, depth=8, num_heads=16, head_dim=64, mlp_dim=2048, dropout=0.1
+    )
+    prior = TransformerPrior(authors, shape=MNIST_SHAPE)
     bank = contract_bank(MNIST_SHAPE)
     cached = draw(prior, bank, MNIST_SHAPE.grid, 3, seed=11)
     assert_same_latents(cached, draw(prior, bank, MNIST_SHAPE.grid, 3, seed=11, use_cache=False))
