@@ -176,3 +176,16 @@ def ensure_parses(run, bank: PartBank, *, render_batch: int = 10000) -> dict:
         run.log("parse", split=split, **metrics)
     save_checkpoint(payload, run.path("parses.pt"))
     return payload
+
+
+def parse_latents(
+    split: dict[str, Tensor], index: Tensor, *, bank_size: int, num_cells: int, device: torch.device
+) -> Latents:
+    """Stored integer parses (N, T) of the images `index` → hard latents on `device`."""
+    return Latents.from_indices(
+        what=split["what"][index],
+        where=split["where"][index],
+        whether=split["whether"][index],
+        bank_size=bank_size,
+        num_cells=num_cells,
+    ).to(device)

@@ -25,7 +25,7 @@ from npdraw_core.data import minibatch_indices
 from npdraw_core.distributions import log_prob
 from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.interfaces import Prior
-from npdraw_core.latents import Latents
+from npdraw_core.parsing import parse_latents
 from npdraw_core.run import Run
 from npdraw_core.sampling import prior_logits
 
@@ -42,19 +42,6 @@ def model_shape(run: Run, bank: Any) -> ModelShape:
     return ModelShape(
         exemplars.shape[1], run.dataset.image_size, model.canvas_size, model.patch_size, exemplars.shape[0]
     )
-
-
-def parse_latents(
-    split: dict[str, Tensor], index: Tensor, *, bank_size: int, num_cells: int, device: torch.device
-) -> Latents:
-    """Stored integer parses (N, T) of the images `index` → hard latents on `device`."""
-    return Latents.from_indices(
-        what=split["what"][index],
-        where=split["where"][index],
-        whether=split["whether"][index],
-        bank_size=bank_size,
-        num_cells=num_cells,
-    ).to(device)
 
 
 def _digest(*tensors: Tensor) -> str:

@@ -20,6 +20,7 @@ from npdraw_core.data import dynamic_binarize, minibatch_indices, to_unit
 from npdraw_core.geometry import ModelShape
 from npdraw_core.latents import Latents
 from npdraw_core.model import NPDraw
+from npdraw_core.parsing import parse_latents
 from npdraw_core.posterior import parse_forcing_probability, temperature_at
 from npdraw_core.run import Run
 
@@ -53,12 +54,11 @@ def prepare(images: torch.Tensor, *, binary: bool, generator: torch.Generator | 
     return dynamic_binarize(images, generator) if binary else images
 
 
-def parse_latents(parses: dict, index: torch.Tensor, shape_source: NPDraw) -> Latents:
-    bank_size, num_cells = shape_source.bank.shape[0], shape_source.grid.num_cells
-    return Latents.from_indices(
-        what=parses["what"][index], where=parses["where"][index], whether=parses["whether"][index],
-        bank_size=bank_size, num_cells=num_cells,
-    ).to(shape_source.bank.device)
+def parses_of(parses: dict, index: torch.Tensor, model: NPDraw) -> Latents:
+    """The stored parses of images `index` as hard latents on the model's device."""
+    return parse_latents(
+        parses, index, bank_size=len(model.bank), num_cells=model.grid.num_cells, device=model.bank.device
+    )
 
 
 def ensure_model(run: Run, bank: torch.Tensor, parses: dict, prior: torch.nn.Module, prior_hash: str) -> NPDraw:
@@ -101,7 +101,7 @@ def ensure_model(run: Run, bank: torch.Tensor, parses: dict, prior: torch.nn.Mod
         for index in tqdm(batches, desc=f"train epoch {epoch}", leave=False):
             images = prepare(train.images[index], binary=binary, generator=data_generator).to(device)
             terms = model.loss(
-                images, parse_latents(parses["train"], index, model), reg_weight=settings.reg_weight,
+                images, parses_of(parses["train"], index, model), reg_weight=settings.reg_weight,
                 temperature=temperature, whether_estimator=settings.whether_estimator,
                 parse_forcing=forcing, generator=sample_generator,
             )
@@ -137,7 +137,7 @@ def validate(model: NPDraw, valid, parses: dict, settings, *, binary: bool, temp
     for index in minibatch_indices(len(valid), settings.batch_size, shuffle=False):
         images = prepare(valid.images[index], binary=binary, generator=binarize_generator)
         terms = model.loss(
-            images.to(model.bank.device), parse_latents(parses, index, model), reg_weight=settings.reg_weight,
+            images.to(model.bank.device), parses_of(parses, index, model), reg_weight=settings.reg_weight,
             temperature=temperature, whether_estimator=settings.whether_estimator, generator=generator,
         )
         for name, value in terms.summary().items():

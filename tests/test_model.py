@@ -20,7 +20,7 @@ from npdraw_core.editing import Region, edit, save_edit_figure
 from npdraw_core.parsing import ensure_parses
 from npdraw_core.prior_training import ensure_prior
 from npdraw_core.run import Run
-from npdraw_core.training import LAST, build_model, ensure_model, parse_latents, prepare
+from npdraw_core.training import LAST, build_model, ensure_model, parses_of, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -59,7 +59,7 @@ def test_loss_falls_over_a_few_steps_on_real_mnist(upstream):
     losses = []
     for _ in range(12):
         images = prepare(train.images[index], binary=True, generator=data)
-        terms = model.loss(images, parse_latents(parses["train"], index, model), reg_weight=1.0, temperature=1.0, generator=data)
+        terms = model.loss(images, parses_of(parses["train"], index, model), reg_weight=1.0, temperature=1.0, generator=data)
         optimizer.zero_grad()
         terms.loss.backward()
         optimizer.step()
