@@ -36,6 +36,10 @@ def sample_latents(
     `temperature` divides all logits (whether too); `top_k` keeps the k most likely parts / cells.
     `use_cache=False` recomputes the prior's whole prefix each step (the authors' sampler; for tests).
     """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"sample_latents needs an explicit torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}"
+        )
     device = prior_device(prior, bank)
     bank = bank.to(device)
     batch, steps, side, channels = num_samples, grid.num_cells, grid.canvas_size, bank.shape[1]

@@ -136,6 +136,12 @@ def test_temperature_must_be_positive(trained):
         draw(prior, bank, grid, 2, seed=0, temperature=0.0)
 
 
+def test_sampling_needs_an_explicit_generator(trained):
+    prior, bank, grid, _ = trained
+    with pytest.raises(TypeError, match="explicit torch.Generator"):
+        sample_latents(prior, bank, grid, 2, generator=None)
+
+
 def test_independent_samples_follow_its_tables():
     shape = ModelShape(1, 12, 12, 4, 6)
     prior = IndependentPrior(IndependentPriorConfig(), shape=shape)
