@@ -108,7 +108,7 @@ def check_step_matches_forward(factory, config, shape: ModelShape, device="cpu")
     """Feeding the teacher-forcing frames one by one through `step` gives `forward`'s logits, on both paths."""
     prior, bank = build_prior(factory, config, shape, device), contract_bank(shape, device)
     latents = random_latents(shape, 2, seed=1, device=device)
-    frames = prior_frames(latents, bank, shape.grid, union_masks=getattr(prior, "union_masks", False))
+    frames = prior_frames(latents, bank, shape.grid, union_masks=prior.union_masks)
     expected = prior(frames)
     for use_cache in (True, False):
         state = prior.start(2, use_cache=use_cache)

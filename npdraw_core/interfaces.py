@@ -81,6 +81,7 @@ class Prior(nn.Module):
     the T input frames, causal) and `step` (one position at a time, for ancestral sampling)."""
 
     uses_frames: bool = True  # False for priors that ignore the canvas (the sampler then skips rendering)
+    union_masks: bool = False  # location channel = union of all past masks (the authors' code) instead of step t's
 
     def forward(self, frames: Tensor) -> StepLogits:
         """frames (B, T, C+1, S, S) → StepLogits of z^1..z^T; position t may only see frames 0..t."""

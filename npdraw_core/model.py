@@ -121,7 +121,7 @@ class NPDraw(nn.Module):
         self,
         num_samples: int,
         *,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator,
         temperature: float = 1.0,
         top_k: int | None = None,
     ) -> tuple[Tensor, Tensor, Latents]:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from npdraw_core.bank import PartBank
 from npdraw_core.checkpoint import atomic_write_bytes, save_checkpoint
 from npdraw_core.config import config_hash
-from npdraw_core.geometry import Grid, ModelShape
+from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import SPLITS, Parser
 from npdraw_core.latents import Latents, render
 
@@ -146,14 +146,7 @@ def ensure_parses(run, bank: PartBank, *, render_batch: int = 10000) -> dict:
         print(f"[parse] {run.path('parses.pt')} matches the config and bank; skipping", flush=True)
         return payload
     dataset, grid = run.dataset, run.grid
-    shape = ModelShape(
-        channels=dataset.channels,
-        image_size=dataset.image_size,
-        canvas_size=model.canvas_size,
-        patch_size=model.patch_size,
-        bank_size=bank.bank_size,
-    )
-    parser = run.build("parser", model.parser, shape=shape)
+    parser = run.build("parser", model.parser, shape=run.model_shape(bank.bank_size))
     payload = {
         "config_hash": expected,
         "bank_size": bank.bank_size,

@@ -23,7 +23,7 @@ from npdraw_core.checkpoint import save_checkpoint
 from npdraw_core.config import config_hash
 from npdraw_core.data import minibatch_indices
 from npdraw_core.distributions import log_prob
-from npdraw_core.geometry import Grid, ModelShape
+from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import Prior
 from npdraw_core.parsing import parse_latents
 from npdraw_core.run import Run
@@ -35,13 +35,6 @@ CHECKPOINT = "prior.pt"
 def exemplars_of(bank: Any) -> Tensor:
     """A `PartBank` or its exemplar tensor (M, C, K, K)."""
     return getattr(bank, "exemplars", bank)
-
-
-def model_shape(run: Run, bank: Any) -> ModelShape:
-    exemplars, model = exemplars_of(bank), run.config.model
-    return ModelShape(
-        exemplars.shape[1], run.dataset.image_size, model.canvas_size, model.patch_size, exemplars.shape[0]
-    )
 
 
 def _digest(*tensors: Tensor) -> str:
@@ -96,7 +89,7 @@ def build_prior(run: Run, bank: Any) -> Prior:
     CPU, so every device starts from the same weights)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.config.seed * 1000 + 29)
-        prior = run.build("prior", run.config.model.prior, shape=model_shape(run, bank))
+        prior = run.build("prior", run.config.model.prior, shape=run.model_shape(len(exemplars_of(bank))))
     return prior.to(run.device)
 
 
@@ -115,7 +108,8 @@ def train_prior(run: Run, bank: Any, parses: dict) -> Prior:
         raise ValueError(
             f"prior_training.epochs and batch_size must be ≥ 1, got {settings.epochs}, {settings.batch_size}"
         )
-    shape, exemplars, prior = model_shape(run, bank), exemplars_of(bank).to(device), build_prior(run, bank)
+    exemplars, prior = exemplars_of(bank).to(device), build_prior(run, bank)
+    shape = run.model_shape(len(exemplars))
     stage_hash = prior_config_hash(run, bank, parses)
     state = run.current(CHECKPOINT, stage_hash)
     if state is not None and _finished(state, settings):

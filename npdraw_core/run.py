@@ -17,7 +17,7 @@ import torch
 
 from npdraw_core.checkpoint import append_metrics, load_checkpoint
 from npdraw_core.config import ComponentConfig, RunConfig, load_config, write_config
-from npdraw_core.geometry import Grid
+from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.interfaces import Dataset
 from npdraw_core.registry import Registry, default_registry
 
@@ -59,6 +59,11 @@ class Run:
     @property
     def grid(self) -> Grid:
         return Grid(self.config.model.canvas_size, self.config.model.patch_size)
+
+    def model_shape(self, bank_size: int) -> ModelShape:
+        """What the networks of this run are sized for, given the bank."""
+        dataset, model = self.dataset, self.config.model
+        return ModelShape(dataset.channels, dataset.image_size, model.canvas_size, model.patch_size, bank_size)
 
     def log(self, stage: str, **values: Any) -> None:
         """Append a metrics record (metrics.jsonl) and echo it for the user."""

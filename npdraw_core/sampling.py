@@ -65,7 +65,7 @@ def sample_latents(
                 cell = F.one_hot(where, steps).float()[:, None]
                 canvas = torch.maximum(canvas, grid.draw(bank[what][:, None], cell)[:, 0] * gate)
                 new_mask = grid.location_masks(cell)[:, 0] * gate
-                mask = torch.maximum(mask, new_mask) if getattr(prior, "union_masks", False) else new_mask
+                mask = torch.maximum(mask, new_mask) if prior.union_masks else new_mask
                 frame = torch.cat([canvas, mask], dim=1)
     finally:
         prior.train(was_training)
@@ -76,7 +76,7 @@ def sample_latents(
 def prior_logits(prior: Prior, latents: Latents, bank: Tensor, grid: Grid) -> StepLogits:
     """Teacher-forced logits of p(z^t | z^{<t}) for given latents, in one batched pass over all T frames."""
     if prior.uses_frames:
-        frames = prior_frames(latents, bank, grid, union_masks=getattr(prior, "union_masks", False))
+        frames = prior_frames(latents, bank, grid, union_masks=prior.union_masks)
     else:  # a context-free prior only reads the batch size and length: a stride-0 view costs nothing
         frames = latents.whether.new_zeros(()).expand(
             latents.batch_size, latents.num_steps, bank.shape[1] + 1, 1, 1

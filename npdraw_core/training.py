@@ -17,7 +17,6 @@ from tqdm import tqdm
 from npdraw_core.checkpoint import save_checkpoint
 from npdraw_core.config import config_hash
 from npdraw_core.data import dynamic_binarize, minibatch_indices, to_unit
-from npdraw_core.geometry import ModelShape
 from npdraw_core.latents import Latents
 from npdraw_core.model import NPDraw
 from npdraw_core.parsing import parse_latents
@@ -30,7 +29,7 @@ LAST, BEST = "model_last.pt", "model.pt"
 def build_model(run: Run, bank: torch.Tensor, prior: torch.nn.Module) -> NPDraw:
     """The untrained NPDraw of a run's config around a bank and a (trained) prior."""
     dataset, model_config = run.dataset, run.config.model
-    shape = ModelShape(dataset.channels, dataset.image_size, model_config.canvas_size, model_config.patch_size, len(bank))
+    shape = run.model_shape(len(bank))
     output = run.build("output_distribution", model_config.output, channels=dataset.channels)
     # Initial weights follow the run's seed, in any process, without touching the caller's global RNG.
     with torch.random.fork_rng(devices=[]):

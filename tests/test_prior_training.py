@@ -66,7 +66,7 @@ INDEPENDENT = ["model.prior={type: independent}"]
 def test_training_lowers_the_validation_nll_and_records_every_epoch(tmp_path, mnist):
     bank, parses = mnist
     run = make_run(tmp_path)
-    untrained = run.build("prior", run.config.model.prior, shape=prior_training.model_shape(run, bank)).eval()
+    untrained = run.build("prior", run.config.model.prior, shape=run.model_shape(bank.bank_size)).eval()
     before = evaluate_nll(untrained, bank, run.grid, parses["valid"])
     prior = train_prior(run, bank, parses)
     after = evaluate_nll(prior, bank, run.grid, parses["valid"])
@@ -172,5 +172,5 @@ def test_the_independent_prior_trains_through_the_same_stage(tmp_path, mnist):
     prior, _ = ensure_prior(run, bank, parses)
     assert type(prior).__name__ == "IndependentPrior"
     nll = evaluate_nll(prior, bank, run.grid, parses["valid"])
-    untrained = run.build("prior", run.config.model.prior, shape=prior_training.model_shape(run, bank))
+    untrained = run.build("prior", run.config.model.prior, shape=run.model_shape(bank.bank_size))
     assert nll < 0.8 * evaluate_nll(untrained, bank, run.grid, parses["valid"])
