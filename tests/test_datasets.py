@@ -13,6 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from npdraw_core.commands import data as data_command
+from npdraw_core.config import ConfigError, parse_component
+from npdraw_core.interfaces import Dataset
+from npdraw_core.registry import build_registry
 from npdraw_plugins.datasets import (
     Celeba,
     CelebaConfig,
@@ -26,12 +32,6 @@ from npdraw_plugins.datasets import (
     Omniglot,
     OmniglotConfig,
 )
-from PIL import Image
-
-from npdraw_core.commands import data as data_command
-from npdraw_core.config import ConfigError, parse_component
-from npdraw_core.interfaces import Dataset
-from npdraw_core.registry import build_registry
 
 # Official MNIST label histograms (shared/data/mnist/README.md).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

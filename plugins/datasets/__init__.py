@@ -8,14 +8,13 @@ labels for split "train", "valid" (the last 1,000 training images; CelebA: the o
 
 from __future__ import annotations
 
+from npdraw_core.hookspecs import hookimpl
 from npdraw_plugins.datasets.celeba import Celeba, CelebaConfig
 from npdraw_plugins.datasets.cifar10 import Cifar10, Cifar10Config
 from npdraw_plugins.datasets.common import ArrayDataset, Arrays, DatasetError
 from npdraw_plugins.datasets.mnist import Mnist, MnistConfig, read_idx
 from npdraw_plugins.datasets.npz import NpzConfig, NpzDataset
 from npdraw_plugins.datasets.omniglot import Omniglot, OmniglotConfig
-
-from npdraw_core.hookspecs import hookimpl
 
 __all__ = [
     "ArrayDataset",

@@ -23,6 +23,9 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,
@@ -31,8 +34,6 @@ from npdraw_plugins.datasets.common import (
     atomic_savez,
     existing,
 )
-from PIL import Image
-from tqdm import tqdm
 
 SUFFIXES = (".jpg", ".jpeg", ".png")
 LAST_TRAIN, LAST_VALID = 162770, 182637  # the official partition's last image numbers of train and valid

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,

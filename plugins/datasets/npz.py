@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,

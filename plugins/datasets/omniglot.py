@@ -14,6 +14,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,
@@ -22,7 +24,6 @@ from npdraw_plugins.datasets.common import (
     existing,
     load_npz,
 )
-from PIL import Image
 
 NPZ_NAME = "omniglot_28x28.npz"
 NPZ_KEYS = ("images", "split", "char_id", "alphabet", "drawer")
