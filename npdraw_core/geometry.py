@@ -111,8 +111,13 @@ def cumulative_canvases(step_maps: Tensor, whether: Tensor) -> Tensor:
     step_maps (B, T, C, S, S) ≥ 0, whether (B, T) in [0, 1] → canvases (B, T, C, S, S) with c^1..c^T.
     Multiplying by `whether` turns skipped steps into blank maps, which the max then ignores.
     """
-    gated = step_maps * whether[:, :, None, None, None]
-    return torch.cummax(gated, dim=1).values
+    return cumulative_max(step_maps * whether[:, :, None, None, None])
+
+
+def cumulative_max(values: Tensor) -> Tensor:
+    """Running max over dim 1 (steps). torch.cummax is several times faster along the contiguous last
+    dimension, so the steps are moved there and back; values and gradients are the same."""
+    return torch.cummax(values.movedim(1, -1).contiguous(), dim=-1).values.movedim(-1, 1)
 
 
 def final_canvas(step_maps: Tensor, whether: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from npdraw_core.geometry import Grid, cumulative_canvases, final_canvas
+from npdraw_core.geometry import Grid, cumulative_canvases, cumulative_max, final_canvas
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,6 @@ def prior_frames(latents: Latents, bank: Tensor, grid: Grid, *, union_masks: boo
     all_canvases = canvases(latents, bank, grid)  # c^1..c^T
     masks = grid.location_masks(latents.where) * latents.whether[:, :, None, None, None]  # (B, T, 1, S, S)
     if union_masks:
-        masks = torch.cummax(masks, dim=1).values
+        masks = cumulative_max(masks)
     frames = torch.cat([all_canvases, masks], dim=2)[:, :-1]
     return torch.cat([torch.zeros_like(frames[:, :1]), frames], dim=1)
