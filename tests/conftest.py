@@ -46,3 +46,31 @@ def mnist_dataset():
     registry = default_registry()
     chosen = parse_component("dataset", {"type": "mnist", "root": str(BUNDLED_MNIST)}, "data", registry)
     return registry.get("dataset", "mnist").build(chosen.config)
+
+
+def _parsed_mnist(run, num_images: int, num_train: int):
+    """A part bank and parses of the first `num_images` real MNIST training images of `run`'s dataset,
+    split into "train" (the first `num_train`) and "valid" (the rest): seconds of work instead of the
+    full parse stage."""
+    import dataclasses
+
+    import torch
+
+    from npdraw_core.bank import build_bank
+    from npdraw_core.data import canvas_images
+    from npdraw_core.parsing import parse_images
+
+    images = canvas_images(run.dataset.load("train").subset(torch.arange(num_images)), run.config.model.canvas_size)
+    chosen = run.config.model.part_bank
+    engine = run.build("part_bank", chosen)
+    bank = build_bank(images, run.grid, engine, dataclasses.replace(chosen.config, num_patches=300))
+    parser = run.build("parser", run.config.model.parser, shape=run.model_shape(bank.bank_size))
+    indices = parse_images(parser, images, bank, progress=False)
+    split = {"train": slice(0, num_train), "valid": slice(num_train, num_images)}
+    return bank, {name: {k: v[rows] for k, v in indices.items()} for name, rows in split.items()}
+
+
+@pytest.fixture(scope="session")
+def parsed_mnist():
+    """`parsed_mnist(run, num_images, num_train) -> (bank, {"train": ..., "valid": ...})`."""
+    return _parsed_mnist

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 from npdraw_core import prior_training
-from npdraw_core.bank import build_bank
 from npdraw_core.checkpoint import load_checkpoint, read_metrics
-from npdraw_core.data import canvas_images
-from npdraw_core.geometry import ModelShape
-from npdraw_core.parsing import parse_images
 from npdraw_core.prior_training import ensure_prior, evaluate_nll, prior_config_hash, train_prior
 from npdraw_core.run import Run
 
@@ -30,23 +25,10 @@ SMALL_PRIOR = [
 
 
 @pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
+def mnist(tmp_path_factory, parsed_mnist):
     """A 20-part bank and parses of 300 real MNIST training images (200 train / 100 valid)."""
     run = Run.from_file(TINY, [f"output_dir={tmp_path_factory.mktemp('setup')}"])
-    images = canvas_images(run.dataset.load("train").subset(torch.arange(300)), 28)
-    chosen = run.config.model.part_bank
-    bank = build_bank(
-        images, run.grid, run.build("part_bank", chosen), dataclasses.replace(chosen.config, num_patches=300)
-    )
-    shape = ModelShape(1, 28, 28, 5, bank.bank_size)
-    indices = parse_images(
-        run.build("parser", run.config.model.parser, shape=shape), images, bank, progress=False
-    )
-    parses = {
-        split: {k: v[rows] for k, v in indices.items()}
-        for split, rows in (("train", slice(0, 200)), ("valid", slice(200, 300)))
-    }
-    return bank, parses
+    return parsed_mnist(run, 300, 200)
 
 
 def make_run(path, *overrides: str, prior: list[str] = SMALL_PRIOR) -> Run:
@@ -66,7 +48,7 @@ INDEPENDENT = ["model.prior={type: independent}"]
 def test_training_lowers_the_validation_nll_and_records_every_epoch(tmp_path, mnist):
     bank, parses = mnist
     run = make_run(tmp_path)
-    untrained = run.build("prior", run.config.model.prior, shape=run.model_shape(bank.bank_size)).eval()
+    untrained = prior_training.build_prior(run, bank).eval()  # the seeded weights training starts from
     before = evaluate_nll(untrained, bank, run.grid, parses["valid"])
     prior = train_prior(run, bank, parses)
     after = evaluate_nll(prior, bank, run.grid, parses["valid"])

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from npdraw_core.bank import build_bank
 from npdraw_core.contracts import build_prior, contract_bank
-from npdraw_core.data import canvas_images
 from npdraw_core.geometry import ModelShape
 from npdraw_core.latents import render
-from npdraw_core.parsing import parse_images
 from npdraw_core.prior_training import train_prior
 from npdraw_core.run import Run
 from npdraw_core.sampling import prior_logits, sample_latents
@@ -27,7 +24,7 @@ SMALL = TransformerPriorConfig(d_model=16, depth=2, num_heads=2, head_dim=8, mlp
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, parsed_mnist):
     """A small transformer trained on parses of 200 real MNIST images; its bank and the parses."""
     overrides = [
         f"output_dir={tmp_path_factory.mktemp('sampling')}",
@@ -37,19 +34,7 @@ def trained(tmp_path_factory):
         "prior_training.batch_size=50",
     ]
     run = Run.from_file(TINY, overrides)
-    images = canvas_images(run.dataset.load("train").subset(torch.arange(200)), 28)
-    chosen = run.config.model.part_bank
-    bank = build_bank(
-        images, run.grid, run.build("part_bank", chosen), dataclasses.replace(chosen.config, num_patches=300)
-    )
-    shape = ModelShape(1, 28, 28, 5, bank.bank_size)
-    indices = parse_images(
-        run.build("parser", run.config.model.parser, shape=shape), images, bank, progress=False
-    )
-    parses = {
-        "train": {k: v[:150] for k, v in indices.items()},
-        "valid": {k: v[150:] for k, v in indices.items()},
-    }
+    bank, parses = parsed_mnist(run, 200, 150)
     return train_prior(run, bank, parses), bank.exemplars, run.grid, parses
 
 
