@@ -11,6 +11,7 @@ import dataclasses
 import time
 
 import torch
+import torch.nn.functional as F
 from torchvision.utils import save_image
 from tqdm import tqdm
 
@@ -154,9 +155,17 @@ def load_best(run: Run, model: NPDraw, stage_hash: str) -> NPDraw:
 
 def save_sample_grid(model: NPDraw, path, *, seed: int, num: int = 32) -> None:
     """Samples (top) above their canvases (bottom), like the paper's Fig. 5."""
-    model.eval()
-    generator = torch.Generator(device=model.bank.device).manual_seed(seed)
-    images, canvas, _ = model.sample(num, generator=generator)
+    images, canvases = image_samples(model, num, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas = torch.nn.functional.interpolate(canvas, size=images.shape[-2:], mode="nearest")
-    save_image(torch.cat([images, canvas]).cpu(), path, nrow=8, pad_value=0.5)
+    save_image(torch.cat([images, canvases]), path, nrow=8, pad_value=0.5)
+
+
+def image_samples(
+    model: NPDraw, num: int, *, seed: int, temperature: float = 1.0, top_k: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (the output distribution's mean) and their canvases, upsampled to image size, on the CPU."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)  # a CPU generator gives the same samples on every device
+    images, canvases, _ = model.sample(num, generator=generator, temperature=temperature, top_k=top_k)
+    canvases = F.interpolate(canvases, size=images.shape[-2:], mode="nearest")
+    return images.cpu(), canvases.cpu()

@@ -8,18 +8,17 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from npdraw_core.bank import ensure_bank
 from npdraw_core.commands import add_run_arguments, run_from_args
 from npdraw_core.latents import render
-from npdraw_core.model import NPDraw
 from npdraw_core.parsing import ensure_parses
 from npdraw_core.pipeline import load_model
 from npdraw_core.prior_training import ensure_prior
 from npdraw_core.run import Run
 from npdraw_core.sampling import sample_latents
+from npdraw_core.training import image_samples
 
 
 def register(subparsers) -> None:
@@ -60,16 +59,6 @@ def _sample(args) -> None:
     print(
         f"wrote {out}: {args.num} samples, each beside its canvas (seed {args.seed}, temperature {args.temperature})"
     )
-
-
-def image_samples(
-    model: NPDraw, num: int, *, seed: int, temperature: float = 1.0, top_k: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (the output distribution's mean) and their canvases, upsampled to image size, on the CPU."""
-    generator = torch.Generator().manual_seed(seed)
-    images, canvases, _ = model.sample(num, generator=generator, temperature=temperature, top_k=top_k)
-    canvases = F.interpolate(canvases, size=images.shape[-2:], mode="nearest")
-    return images.cpu(), canvases.cpu()
 
 
 def write_pairs(images: torch.Tensor, canvases: torch.Tensor, path: Path, *, pairs_per_row: int = 8) -> None:
