@@ -43,6 +43,12 @@ def dynamic_binarize(images: Tensor, generator: torch.Generator | None = None) -
     return (uniform < images).to(images.dtype)
 
 
+def prepare_images(images: Tensor, *, binary: bool, generator: torch.Generator | None) -> Tensor:
+    """A uint8 batch → model input: [0, 1] floats, freshly binarised for binary datasets."""
+    images = to_unit(images)
+    return dynamic_binarize(images, generator) if binary else images
+
+
 def minibatch_indices(
     num_items: int, batch_size: int, *, generator: torch.Generator | None = None, shuffle: bool = True, drop_last: bool = False
 ) -> Iterator[Tensor]:
