@@ -7,6 +7,7 @@ connects them (rendering, sampling order, the ELBO) lives in `npdraw_core.model`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -61,10 +62,19 @@ class MedoidEngine(Protocol):
         """points (N, D) float32 → indices (bank_size,) of the chosen medoids (Euclidean distance)."""
 
 
-@runtime_checkable
-class Parser(Protocol):
+class Parser:
+    """Images → hard latents. Subclasses implement `parse`; one that can give integer indices directly
+    overrides `parse_indices` too (it skips the one-hot round trip, about 2× faster)."""
+
+    batch_size: int = 1024  # images per call in `npdraw_core.parsing.parse_images`: bounds memory
+
     def parse(self, images: Tensor, bank: Tensor) -> Latents:
         """images (B, C, S, S) in [0, 1] at canvas size, bank (M, C, K, K) → hard latents."""
+        raise NotImplementedError
+
+    def parse_indices(self, images: Tensor, bank: Tensor) -> dict[str, Tensor]:
+        """The same parse as integer tensors (B, T): {"what", "where", "whether"}."""
+        return self.parse(images, bank).indices()
 
 
 @dataclass(frozen=True)
@@ -123,11 +133,30 @@ class OutputDistribution(Protocol):
         """The image shown to users: Bernoulli probabilities, or the mixture's mode/mean, (B, C, H, W)."""
 
 
-@runtime_checkable
-class FeatureExtractor(Protocol):
+@dataclass(frozen=True)
+class ExtractorContext:
+    """What a feature extractor's factory gets besides its config: `factory(config, *, context)`."""
+
+    device: torch.device
+    dataset: Dataset  # the reference dataset, without the run's train subsets (every regime, one extractor)
+    dataset_key: str  # a short file-safe identity of that dataset, e.g. "mnist-1a2b3c4d"
+    cache_dir: Path  # where extractors keep what they make (trained weights), shared by runs
+
+
+class FeatureExtractor:
+    """Images → features for Fréchet distances. Subclasses set `name` and implement `features`."""
+
     name: str  # scores are reported as f"fid_{name}"
-    # Optional: `fingerprint: str` (a digest of the weights, keys cached statistics) and
-    # `prepare(run, *, force=False)` (create what it needs first, e.g. train a classifier).
+    fingerprint: str = ""  # a digest of the weights: keys cached statistics ("" if nothing varies)
+    trainable: bool = False  # True: `prepare` trains it (`npdraw train-extractor` can force that)
+    path: Path | None = None  # its weights file, if it has one
+    valid_accuracy: float | None = None  # trainable classifiers: accuracy on the validation split
+
+    def prepare(self, *, force: bool = False) -> dict[str, Any] | None:
+        """Create what `features` needs, e.g. train a classifier when its checkpoint is missing (or
+        `force`). Returns a record of what it made (logged to the run's metrics), or None if nothing."""
+        return None
 
     def features(self, images: Tensor) -> Tensor:
         """images (B, C, H, W) in [0, 1] → features (B, D) float64-compatible."""
+        raise NotImplementedError

@@ -42,25 +42,22 @@ def parse_images(
     desc: str = "parse",
 ) -> dict[str, Tensor]:
     """Parse [0, 1] canvas-size images (N, C, S, S) in chunks → {"what": int16, "where": int16,
-    "whether": uint8}, each (N, T), on the CPU. `batch_size` defaults to the parser's own. A parser may
-    offer `parse_indices(images, bank) -> dict` besides `parse`; it must give the same parse."""
+    "whether": uint8}, each (N, T), on the CPU. `batch_size` defaults to the parser's own."""
+    if not isinstance(parser, Parser):
+        raise TypeError(f"{type(parser).__name__} is not a parser: subclass npdraw_core.interfaces.Parser")
     if not len(images):
         raise ValueError("parse_images got no images; check the dataset split")
     exemplars = _exemplars(bank)
     if exemplars.shape[0] > torch.iinfo(torch.int16).max:
         raise ValueError(f"bank_size {exemplars.shape[0]} does not fit the int16 parse format (max 32767)")
-    batch_size = batch_size or getattr(parser, "batch_size", 1024)
+    batch_size = batch_size or parser.batch_size
     device = torch.device(device) if device is not None else images.device
     exemplars = exemplars.to(device)
     chunks: dict[str, list[Tensor]] = {"what": [], "where": [], "whether": []}
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size].to(device)
-            # Parsers that can give integer indices directly skip the one-hot round trip (2× faster).
-            if hasattr(parser, "parse_indices"):
-                indices = parser.parse_indices(chunk, exemplars)
-            else:
-                indices = parser.parse(chunk, exemplars).indices()
+            indices = parser.parse_indices(chunk, exemplars)
             for name in chunks:
                 chunks[name].append(indices[name].cpu())
             bar.update(min(batch_size, len(images) - start))

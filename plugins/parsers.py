@@ -14,6 +14,7 @@ from torch import Tensor
 
 from npdraw_core.geometry import ModelShape
 from npdraw_core.hookspecs import hookimpl
+from npdraw_core.interfaces import Parser
 from npdraw_core.latents import Latents
 
 
@@ -27,7 +28,7 @@ class HeuristicParserConfig:
             raise ValueError(f"parser.batch_size must be at least 1, got {self.batch_size}")
 
 
-class HeuristicParser:
+class HeuristicParser(Parser):
     def __init__(self, config: HeuristicParserConfig, *, shape: ModelShape):
         self.config = config
         self.shape = shape
