@@ -7,6 +7,7 @@ regulariser (spec §6), the importance-weighted bound (spec §7), sampling and e
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,14 @@ from npdraw_core import distributions, posterior
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import Decoder, Encoder, OutputDistribution, Prior, StepLogits
 from npdraw_core.latents import Latents, render
-from npdraw_core.sampling import prior_logits, sample_latents
+from npdraw_core.sampling import (
+    BLOCK_SIZE,
+    blocks,
+    cat_latents,
+    check_generators,
+    prior_logits,
+    sample_latents,
+)
 
 
 @dataclass
@@ -121,13 +129,31 @@ class NPDraw(nn.Module):
         self,
         num_samples: int,
         *,
-        generator: torch.Generator,
+        generator: torch.Generator | Sequence[torch.Generator],
         temperature: float = 1.0,
         top_k: int | None = None,
+        block_size: int = BLOCK_SIZE,
     ) -> tuple[Tensor, Tensor, Latents]:
-        """Ancestral samples: (images shown to users (B, C, H, W), canvases (B, C, S, S), latents)."""
+        """Ancestral samples: (images shown to users (B, C, H, W), canvases (B, C, S, S), latents).
+
+        `generator`: one torch.Generator for the batch, or one per sample (`generators_for(seeds)`), which
+        makes sample i bit-identical alone or in any batch: the prior, rendering and decoder then run on
+        fixed-shape blocks of `block_size` rows (see `npdraw_core.sampling`).
+        """
+        check_generators(generator, num_samples)
+        options = dict(temperature=temperature, top_k=top_k)
+        if isinstance(generator, torch.Generator):
+            return self._sample_batch(num_samples, generator, **options)
+        parts = [
+            [part[:real] for part in self._sample_batch(block_size, block, **options)]
+            for block, real in blocks(generator, block_size)
+        ]
+        images, canvases, latents = zip(*parts, strict=True)
+        return torch.cat(images), torch.cat(canvases), cat_latents(latents)
+
+    def _sample_batch(self, num_samples: int, generator, **options) -> tuple[Tensor, Tensor, Latents]:
         latents = sample_latents(
-            self.prior, self.bank, self.grid, num_samples, generator=generator, temperature=temperature, top_k=top_k
+            self.prior, self.bank, self.grid, num_samples, generator=generator, block_size=num_samples, **options
         )
         canvas = self.render(latents)
         return self.output.mean(self.decode(canvas)), canvas, latents

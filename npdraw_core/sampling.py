@@ -5,9 +5,26 @@ Randomness: every step draws the same uniforms from the caller's generator, in a
 what, where), whatever the prior or its sampling path, so the cached and the full-recompute samplers turn
 one seed into the same latents. Uniforms are drawn on the generator's device and moved to the prior's, so
 a CPU generator gives the same samples on every device.
+
+Two ways to seed a batch:
+* one `torch.Generator` (bulk): the whole batch's uniforms come from it, so a sample depends on the batch
+  it was drawn in. The fastest path.
+* a sequence of generators, one per sample (`generators_for(seeds)`): sample i's uniforms come only from its
+  own generator (whether, what, where per step), and sample i is bit-identical whether drawn alone or in
+  any batch, e.g. requests merged by a server. Generators alone are not enough for that: CPU BLAS and
+  oneDNN pick kernels by batch size, and a row of a batch-1 matmul or conv differs from the same row in a
+  batch of 64 in the last bits (measured: every row of the prior's logits and of the decoder's output),
+  which can flip a Gumbel argmax. So the per-sample path runs the networks on fixed-shape blocks of
+  `block_size` rows (the last padded with throwaway rows): every call has the same shape, and a row's
+  result does not depend on its neighbours. Cost: a lone sample costs a whole block (≈ 2× the time of a
+  batch-1 draw at block 64 on a CPU, far less than looping over samples one by one, ≈ 35× slower for 64).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +33,56 @@ from torch import Tensor
 from npdraw_core.distributions import scale_logits
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import Prior, StepLogits
-from npdraw_core.latents import Latents, prior_frames
+from npdraw_core.latents import Latents, prior_frames, render
+
+if TYPE_CHECKING:  # model.py imports this module
+    from npdraw_core.model import NPDraw
+
+BLOCK_SIZE = 64  # rows per network call on the per-sample path; exactness needs the same value on both sides
+
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def generators_for(seeds: Iterable[int]) -> list[torch.Generator]:
+    """One CPU generator per sample (a CPU generator gives the same samples on every device)."""
+    return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+
+def seeded(seed: int | Sequence[int], num: int) -> Generators:
+    """An int seeds one bulk generator; a sequence of `num` ints seeds one generator per sample."""
+    if isinstance(seed, int):
+        return torch.Generator().manual_seed(seed)
+    generators = generators_for(seed)
+    check_generators(generators, num)
+    return generators
+
+
+def check_generators(generator: Generators, num_samples: int) -> None:
+    """A teaching error unless `generator` is one torch.Generator or exactly one per sample."""
+    if isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, Sequence) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != num_samples:
+            raise ValueError(
+                f"got {len(generator)} per-sample generators for {num_samples} samples; pass one per sample"
+            )
+        return
+    raise TypeError(
+        "sampling needs an explicit torch.Generator (e.g. torch.Generator().manual_seed(0)) or a list of "
+        f"them, one per sample (generators_for(seeds)), got {generator!r}"
+    )
+
+
+def blocks(generators: Sequence[torch.Generator], block_size: int) -> Iterator[tuple[list[torch.Generator], int]]:
+    """Per-sample generators in blocks of exactly `block_size`, the last padded with throwaway generators:
+    yields (block, number of real samples in it)."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    for start in range(0, len(generators), block_size):
+        block = list(generators[start : start + block_size])
+        real = len(block)
+        block += [torch.Generator().manual_seed(0) for _ in range(block_size - real)]
+        yield block, real
 
 
 @torch.no_grad()
@@ -26,23 +92,103 @@ def sample_latents(
     grid: Grid,
     num_samples: int,
     *,
-    generator: torch.Generator,
+    generator: Generators,
     temperature: float = 1.0,
     top_k: int | None = None,
     use_cache: bool = True,
+    block_size: int = BLOCK_SIZE,
 ) -> Latents:
     """Draw `num_samples` hard latent sequences z ~ p(z) step by step, feeding each new frame back.
 
-    `temperature` divides all logits (whether too); `top_k` keeps the k most likely parts / cells.
-    `use_cache=False` recomputes the prior's whole prefix each step (the authors' sampler; for tests).
+    `generator`: one torch.Generator for the whole batch, or one per sample (see the module docstring;
+    `block_size` only applies then). `temperature` divides all logits (whether too); `top_k` keeps the k
+    most likely parts / cells. `use_cache=False` recomputes the prior's whole prefix each step (the
+    authors' sampler; for tests).
     """
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"sample_latents needs an explicit torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}"
-        )
+    check_generators(generator, num_samples)
+    options = dict(temperature=temperature, top_k=top_k, use_cache=use_cache)
+    if isinstance(generator, torch.Generator):
+        return _sample_steps(prior, bank, grid, num_samples, generator, **options)
+    return cat_latents(
+        [_sample_steps(prior, bank, grid, block_size, block, **options)[:real] for block, real in blocks(generator, block_size)]
+    )
+
+
+def prior_canvases(
+    prior: Prior,
+    bank: Tensor,
+    grid: Grid,
+    num: int,
+    *,
+    generator: Generators,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> tuple[Tensor, Latents]:
+    """Final canvases (num, C, S, S) of latents sampled from a prior alone (no decoder), and the latents,
+    both on the CPU."""
     device = prior_device(prior, bank)
     bank = bank.to(device)
-    batch, steps, side, channels = num_samples, grid.num_cells, grid.canvas_size, bank.shape[1]
+    latents = sample_latents(prior, bank, grid, num, generator=generator, temperature=temperature, top_k=top_k)
+    return render(latents, bank, grid).cpu(), latents.to("cpu")
+
+
+def cat_latents(parts: Sequence[Latents]) -> Latents:
+    """Latents of several batches as one batch, in order."""
+    return Latents(*(torch.cat([getattr(p, name) for p in parts]) for name in ("whether", "what", "where")))
+
+
+def image_samples(
+    model: NPDraw, num: int, *, seed: int | Sequence[int], temperature: float = 1.0, top_k: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Images (the output distribution's mean) and their canvases, upsampled to image size, on the CPU.
+    `seed`: an int for one bulk generator, or one seed per sample."""
+    model.eval()
+    images, canvases, _ = model.sample(num, generator=seeded(seed, num), temperature=temperature, top_k=top_k)
+    canvases = F.interpolate(canvases, size=images.shape[-2:], mode="nearest")
+    return images.cpu(), canvases.cpu()
+
+
+def save_sample_grid(model: NPDraw, path: str | Path, *, seed: int, num: int = 32) -> None:
+    """Samples (top) above their canvases (bottom), like the paper's Fig. 5."""
+    from torchvision.utils import save_image  # slow to import; only grids need it
+
+    images, canvases = image_samples(model, num, seed=seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat([images, canvases]), path, nrow=8, pad_value=0.5)
+
+
+def prior_logits(prior: Prior, latents: Latents, bank: Tensor, grid: Grid) -> StepLogits:
+    """Teacher-forced logits of p(z^t | z^{<t}) for given latents, in one batched pass over all T frames."""
+    if prior.uses_frames:
+        frames = prior_frames(latents, bank, grid, union_masks=prior.union_masks)
+    else:  # a context-free prior only reads the batch size and length: a stride-0 view costs nothing
+        frames = latents.whether.new_zeros(()).expand(
+            latents.batch_size, latents.num_steps, bank.shape[1] + 1, 1, 1
+        )
+    return prior(frames)
+
+
+def prior_device(prior: Prior, bank: Tensor) -> torch.device:
+    parameter = next(prior.parameters(), None)
+    return bank.device if parameter is None else parameter.device
+
+
+def _sample_steps(
+    prior: Prior,
+    bank: Tensor,
+    grid: Grid,
+    batch: int,
+    generator: Generators,
+    *,
+    temperature: float,
+    top_k: int | None,
+    use_cache: bool,
+) -> Latents:
+    """The ancestral sampler for one batch; every network call here sees `batch` rows."""
+    device = prior_device(prior, bank)
+    bank = bank.to(device)
+    steps, side, channels = grid.num_cells, grid.canvas_size, bank.shape[1]
     canvas = torch.zeros(batch, channels, side, side, device=device)
     mask = torch.zeros(batch, 1, side, side, device=device)
     frame = torch.cat([canvas, mask], dim=1)
@@ -53,7 +199,7 @@ def sample_latents(
         state = prior.start(batch, use_cache=use_cache)
         for _ in range(steps):
             logits, state = prior.step(frame, state)
-            draw = _uniform((batch,), generator, device) < torch.sigmoid(logits.whether / temperature)
+            draw = _uniform(generator, (batch,), device) < torch.sigmoid(logits.whether / temperature)
             what = _gumbel_argmax(scale_logits(logits.what, temperature=temperature, top_k=top_k), generator)
             where = _gumbel_argmax(
                 scale_logits(logits.where, temperature=temperature, top_k=top_k), generator
@@ -73,29 +219,15 @@ def sample_latents(
     return Latents.from_indices(**stacked, bank_size=bank.shape[0], num_cells=steps)
 
 
-def prior_logits(prior: Prior, latents: Latents, bank: Tensor, grid: Grid) -> StepLogits:
-    """Teacher-forced logits of p(z^t | z^{<t}) for given latents, in one batched pass over all T frames."""
-    if prior.uses_frames:
-        frames = prior_frames(latents, bank, grid, union_masks=prior.union_masks)
-    else:  # a context-free prior only reads the batch size and length: a stride-0 view costs nothing
-        frames = latents.whether.new_zeros(()).expand(
-            latents.batch_size, latents.num_steps, bank.shape[1] + 1, 1, 1
-        )
-    return prior(frames)
+def _uniform(generator: Generators, size: tuple[int, ...], device: torch.device) -> Tensor:
+    """Uniforms of `size` (batch first): from one generator, or row i from generator i alone."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand(size, generator=generator, device=generator.device).to(device)
+    rows = [torch.rand(size[1:], generator=g, device=g.device).to(device) for g in generator]
+    return torch.stack(rows)
 
 
-def prior_device(prior: Prior, bank: Tensor) -> torch.device:
-    parameter = next(prior.parameters(), None)
-    return bank.device if parameter is None else parameter.device
-
-
-def _uniform(size: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    return torch.rand(size, generator=generator, device=generator.device).to(device)
-
-
-def _gumbel_argmax(logits: Tensor, generator: torch.Generator) -> Tensor:
+def _gumbel_argmax(logits: Tensor, generator: Generators) -> Tensor:
     """A categorical draw by the Gumbel-max trick (works with top-k's -inf logits): argmax(logits + G)."""
-    uniform = _uniform(tuple(logits.shape), generator, logits.device).clamp_(
-        min=torch.finfo(logits.dtype).tiny
-    )
+    uniform = _uniform(generator, tuple(logits.shape), logits.device).clamp_(min=torch.finfo(logits.dtype).tiny)
     return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)

@@ -1,9 +1,11 @@
 """Ancestral sampling from priors: exact agreement of the cached and full-recompute paths, frames that
-match teacher forcing, temperature / top-k, frequencies, devices."""
+match teacher forcing, temperature / top-k, frequencies, devices; per-sample seeds that give the same
+sample alone or in any batch; the sampling helpers (image_samples, save_sample_grid, prior_canvases)."""
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,17 @@ import torch
 from npdraw_core.contracts import build_prior, contract_bank
 from npdraw_core.geometry import ModelShape
 from npdraw_core.latents import render
+from npdraw_core.model import NPDraw
 from npdraw_core.prior_training import train_prior
 from npdraw_core.run import Run
-from npdraw_core.sampling import prior_logits, sample_latents
+from npdraw_core.sampling import (
+    generators_for,
+    image_samples,
+    prior_canvases,
+    prior_logits,
+    sample_latents,
+    save_sample_grid,
+)
 from npdraw_plugins.priors.independent import IndependentPrior, IndependentPriorConfig
 from npdraw_plugins.priors.transformer import TransformerPrior, TransformerPriorConfig
 
@@ -169,3 +179,103 @@ def test_the_cached_sampler_embeds_each_frame_once_and_the_full_one_recomputes_t
     embedded.clear()
     draw(prior, bank, MNIST_SHAPE.grid, 2, seed=0, use_cache=False)
     assert sum(embedded) == 2 * steps * (steps + 1) // 2  # the whole prefix at every step
+
+
+# -- per-sample seeds ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(trained, tmp_path_factory):
+    """An NPDraw around the trained prior and its real MNIST bank; the encoder and decoder are freshly
+    initialised (exactness is about arithmetic, not about what the weights learnt)."""
+    prior, bank, _, _ = trained
+    run = Run.from_file(TINY, [f"output_dir={tmp_path_factory.mktemp('model')}"], device="cpu")
+    shape, chosen = run.model_shape(len(bank)), run.config.model
+    output = run.build("output_distribution", chosen.output, channels=shape.channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = run.build("encoder", chosen.encoder, shape=shape)
+        decoder = run.build("decoder", chosen.decoder, shape=shape, out_channels=output.num_params())
+    return NPDraw(bank=bank, grid=run.grid, prior=prior, encoder=encoder, decoder=decoder, output=output).eval()
+
+
+TARGETS = [7, 123456, 42, 2**40 + 3]  # the seeds whose samples are compared alone and inside batches
+
+
+def mixed_batch(size: int, shuffle_seed: int) -> list[int]:
+    """TARGETS shuffled among other seeds."""
+    seeds = TARGETS + [1000 + i for i in range(size - len(TARGETS))]
+    random.Random(shuffle_seed).shuffle(seeds)
+    return seeds
+
+
+@pytest.mark.parametrize("size, options", [(64, {}), (100, {"temperature": 0.8, "top_k": 5})])
+def test_per_sample_seeds_give_the_same_sample_alone_and_inside_a_mixed_batch(model, size, options):
+    """64: one block; 100: two blocks, the second padded. Images, canvases and latents are bit-identical."""
+    seeds = mixed_batch(size, shuffle_seed=size)
+    images, canvases, latents = model.sample(size, generator=generators_for(seeds), **options)
+    assert latents.whether.sum() > 0
+    for seed in TARGETS:
+        row = seeds.index(seed)
+        alone_images, alone_canvases, alone_latents = model.sample(1, generator=generators_for([seed]), **options)
+        assert torch.equal(images[row : row + 1], alone_images), seed
+        assert torch.equal(canvases[row : row + 1], alone_canvases), seed
+        assert_same_latents(latents[row : row + 1], alone_latents)
+
+
+def test_per_sample_seeds_give_the_same_latents_from_the_prior_sampler_alone(trained):
+    prior, bank, grid, _ = trained
+    seeds = mixed_batch(64, shuffle_seed=1)
+    batch = sample_latents(prior, bank, grid, 64, generator=generators_for(seeds), top_k=10)
+    for seed in TARGETS:
+        row = seeds.index(seed)
+        alone = sample_latents(prior, bank, grid, 1, generator=generators_for([seed]), top_k=10)
+        assert_same_latents(batch[row : row + 1], alone)
+
+
+def test_a_per_sample_generator_is_drawn_in_the_bulk_order():
+    """Per step: whether, then what, then where, from the sample's own generator only. A context-free prior
+    has batch-independent logits, so a sample with its own generator equals a bulk batch of one drawn from
+    the same seed, and its generator ends in the same state (it drew exactly as many uniforms)."""
+    shape = ModelShape(1, 12, 12, 4, 6)
+    prior = IndependentPrior(IndependentPriorConfig(), shape=shape)
+    bank = contract_bank(shape)
+    bulk_generator = torch.Generator().manual_seed(5)
+    bulk = sample_latents(prior, bank, shape.grid, 1, generator=bulk_generator)
+    generators = generators_for([9, 5, 11])
+    per_sample = sample_latents(prior, bank, shape.grid, 3, generator=generators)
+    assert_same_latents(per_sample[1:2], bulk)
+    assert torch.equal(generators[1].get_state(), bulk_generator.get_state())
+
+
+def test_per_sample_generators_must_be_one_per_sample(trained):
+    prior, bank, grid, _ = trained
+    with pytest.raises(ValueError, match="3 per-sample generators for 4 samples"):
+        sample_latents(prior, bank, grid, 4, generator=generators_for([1, 2, 3]))
+    with pytest.raises(TypeError, match="one per sample"):
+        sample_latents(prior, bank, grid, 2, generator=[1, 2])
+
+
+# -- sampling helpers ------------------------------------------------------------------------------------
+
+
+def test_image_samples_take_a_bulk_seed_or_one_seed_per_sample(model):
+    images, canvases = image_samples(model, 5, seed=3)
+    expected, _, _ = model.sample(5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(images, expected)
+    assert canvases.shape == images.shape  # canvases upsampled to the image size
+    per_sample, _ = image_samples(model, 3, seed=[4, 5, 6])
+    assert torch.equal(per_sample[1:2], image_samples(model, 1, seed=[5])[0])
+
+
+def test_save_sample_grid_writes_a_png(model, tmp_path):
+    path = tmp_path / "grid" / "epoch_000.png"
+    save_sample_grid(model, path, seed=0, num=8)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prior_canvases_render_the_sampled_latents(trained):
+    prior, bank, grid, _ = trained
+    canvases, latents = prior_canvases(prior, bank, grid, 6, generator=torch.Generator().manual_seed(8))
+    assert_same_latents(latents, draw(prior, bank, grid, 6, seed=8))
+    assert torch.equal(canvases, render(latents, bank, grid))
