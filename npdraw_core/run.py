@@ -1,13 +1,15 @@
-"""A run: one resolved config, its run directory and the artefacts every stage reads and writes.
+"""A run: one resolved config, its run directory, the shared stage cache and the components it builds.
 
-Each stage's artefact records the hash of the config fragments (and upstream artefacts) it was made from;
-a stage whose artefact matches is skipped, so re-running is cheap and a killed run resumes. An artefact
-that no longer matches is moved to `stale/`, never deleted.
+Creating a `Run` writes nothing: the stages write what they make (`npdraw_core.pipeline`). Banks, parses
+and priors live in the stage cache under the output root (shared by every run and trial that has the same
+settings); the run directory holds the resolved config, metrics, figures, the model checkpoints and
+`artefacts.json`, which names the cached artefacts the run used.
 """
 
 from __future__ import annotations
 
-import shutil
+import json
+import logging
 import time
 from functools import cached_property
 from pathlib import Path
@@ -15,11 +17,15 @@ from typing import Any
 
 import torch
 
-from npdraw_core.checkpoint import append_metrics, load_checkpoint
+from npdraw_core.checkpoint import append_metrics, archive, atomic_write_text, load_checkpoint
 from npdraw_core.config import ComponentConfig, RunConfig, load_config, write_config
 from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.interfaces import Dataset
 from npdraw_core.registry import Registry, default_registry
+from npdraw_core.stage_cache import StageCache
+
+log = logging.getLogger(__name__)
+ARTEFACTS = "artefacts.json"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -32,18 +38,25 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class Run:
-    def __init__(self, config: RunConfig, *, registry: Registry | None = None, device: str | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        registry: Registry | None = None,
+        device: str | None = None,
+        cache_dir: str | Path | None = None,
+    ):
         self.config = config
         self.registry = registry or default_registry()
         self.device = resolve_device(device or config.device)
         self.dir = config.run_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_config(config, self.dir / "config.yaml")
+        self.cache = StageCache(cache_dir or Path(config.output_dir) / "cache")
 
     @classmethod
-    def from_file(cls, path: str | Path | None, overrides: list[str] = (), **kwargs) -> Run:
+    def from_file(cls, source: str | Path | dict | None, overrides: list[str] = (), **kwargs) -> Run:
+        """A run from a YAML path or a config dict, with `key.path=value` overrides."""
         registry = kwargs.pop("registry", None) or default_registry()
-        return cls(load_config(path, overrides, registry=registry), registry=registry, **kwargs)
+        return cls(load_config(source, overrides, registry=registry), registry=registry, **kwargs)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -66,28 +79,32 @@ class Run:
         return ModelShape(dataset.channels, dataset.image_size, model.canvas_size, model.patch_size, bank_size)
 
     def log(self, stage: str, **values: Any) -> None:
-        """Append a metrics record (metrics.jsonl) and echo it for the user."""
+        """Append a metrics record (metrics.jsonl) and log it for the user."""
         record = {"stage": stage, "time": round(time.time(), 3), **values}
         append_metrics(self.path("metrics.jsonl"), record)
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-        print(f"[{stage}] {shown}", flush=True)
+        log.info("[%s] %s", stage, shown)
+
+    def record_config(self) -> None:
+        """Write the resolved config into the run directory (done by the stages, which write there)."""
+        write_config(self.config, self.path("config.yaml"))
+
+    def record_artefact(self, kind: str, key: str) -> None:
+        """Name a shared artefact this run used in artefacts.json (kind → key and path in the cache)."""
+        path = self.path(ARTEFACTS)
+        used = json.loads(path.read_text()) if path.is_file() else {}
+        used[kind] = {"key": key, "path": str(self.cache.path(kind, key))}
+        atomic_write_text(path, json.dumps(used, indent=2) + "\n")
 
     def current(self, name: str, config_hash: str) -> dict | None:
-        """The artefact `name` if it exists and was made from `config_hash`; a mismatching one is moved to
-        stale/ so that the stage can recompute it without losing the old result."""
+        """The run-directory artefact `name` if it exists and was made from `config_hash`; a mismatching
+        one is moved to stale/ so that the stage can recompute it without losing the old result."""
         path = self.path(name)
         if not path.exists():
             return None
         payload = load_checkpoint(path)
         if payload.get("config_hash") == config_hash:
             return payload
-        self.archive(name, payload.get("config_hash", "unknown"))
+        target = archive(path, payload.get("config_hash") or "unknown")
+        log.info("[run] %s was made from another config; moved it to %s", name, target)
         return None
-
-    def archive(self, name: str, tag: str) -> Path:
-        path = self.path(name)
-        target = self.path("stale") / f"{path.stem}-{tag}{path.suffix}"
-        target.parent.mkdir(exist_ok=True)
-        shutil.move(str(path), target)
-        print(f"[run] {name} was made from another config; moved it to {target}", flush=True)
-        return target

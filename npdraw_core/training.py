@@ -1,57 +1,51 @@
-"""Training encoder + decoder with the prior frozen (`npdraw train`, the VAE stage of `npdraw run`).
+"""Training encoder + decoder with the prior frozen (the VAE stage of `npdraw run`, `npdraw train`).
 
-Each epoch ends with a validation pass, a metrics record, a sample grid and an atomic checkpoint holding
-everything needed to continue the same run after `kill -9`: weights, optimizer state, epoch, the data-order
-and sampling generators' states, and the best validation score so far.
+Training runs in the shared loop (`npdraw_core.loop`): each epoch ends with a validation pass, a metrics
+record and a resumable checkpoint (`model_last.pt`); each improvement of the validation loss writes the
+self-describing model file (`model.pt`) that sampling, serving and evaluation load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import torch
-import torch.nn.functional as F
-from torchvision.utils import save_image
 from tqdm import tqdm
 
-from npdraw_core.checkpoint import save_checkpoint
-from npdraw_core.config import config_hash
-from npdraw_core.data import dynamic_binarize, minibatch_indices, to_unit
+from npdraw_core.build import model_from_config
+from npdraw_core.config import TrainingConfig, config_hash
+from npdraw_core.data import minibatch_indices, prepare_images
+from npdraw_core.interfaces import ImageSet
 from npdraw_core.latents import Latents
+from npdraw_core.loop import EpochCallback, Schedule, fit
 from npdraw_core.model import NPDraw
+from npdraw_core.model_file import MODEL_FILE, save_model_file
 from npdraw_core.parsing import parse_latents
 from npdraw_core.posterior import parse_forcing_probability, temperature_at
 from npdraw_core.run import Run
 
-LAST, BEST = "model_last.pt", "model.pt"
+log = logging.getLogger(__name__)
+LAST, BEST = "model_last.pt", MODEL_FILE
 
 
 def build_model(run: Run, bank: torch.Tensor, prior: torch.nn.Module) -> NPDraw:
-    """The untrained NPDraw of a run's config around a bank and a (trained) prior."""
-    dataset, model_config = run.dataset, run.config.model
-    shape = run.model_shape(len(bank))
-    output = run.build("output_distribution", model_config.output, channels=dataset.channels)
-    # Initial weights follow the run's seed, in any process, without touching the caller's global RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run.config.seed)
-        encoder = run.build("encoder", model_config.encoder, shape=shape)
-        decoder = run.build("decoder", model_config.decoder, shape=shape, out_channels=output.num_params())
-    return NPDraw(bank=bank, grid=run.grid, prior=prior, encoder=encoder, decoder=decoder, output=output).to(run.device)
+    """The run's untrained NPDraw around a bank and a (trained) prior, on the run's device."""
+    return model_from_config(run.config, run.model_shape(len(bank)), bank, prior, run.registry).to(run.device)
 
 
-def model_hash(run: Run, prior_hash: str) -> str:
+def model_hash(run: Run, prior_key: str) -> str:
     """Everything the trained weights depend on, except the epoch count: raising `training.epochs`
     continues the same run instead of starting over."""
     config = run.config
     settings = dataclasses.replace(config.training, epochs=0)
-    return config_hash("model", prior_hash, config.model.encoder, config.model.decoder, config.model.output, settings, config.seed)
+    return config_hash("model", prior_key, config.model.encoder, config.model.decoder, config.model.output, settings, config.seed)
 
 
-def prepare(images: torch.Tensor, *, binary: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """uint8 batch → model input: [0, 1] floats, freshly binarised for binary datasets."""
-    images = to_unit(images)
-    return dynamic_binarize(images, generator) if binary else images
+def output_parameters(model: NPDraw) -> list[torch.nn.Parameter]:
+    """Learnable parameters of the output distribution (none for a plain Bernoulli, which is no module)."""
+    return list(model.output.parameters()) if isinstance(model.output, torch.nn.Module) else []
 
 
 def parses_of(parses: dict, index: torch.Tensor, model: NPDraw) -> Latents:
@@ -61,81 +55,94 @@ def parses_of(parses: dict, index: torch.Tensor, model: NPDraw) -> Latents:
     )
 
 
-def ensure_model(run: Run, bank: torch.Tensor, parses: dict, prior: torch.nn.Module, prior_hash: str) -> NPDraw:
-    """Train (or resume, or skip) the VAE stage; returns the best model by validation loss."""
+def train_model(
+    run: Run, bank: torch.Tensor, parses: dict, prior: torch.nn.Module, prior_key: str, *,
+    on_epoch: EpochCallback | None = None,
+) -> NPDraw:  # fmt: skip
+    """Train (or resume, or skip) the VAE stage in the run directory; returns the best model by validation
+    loss, in eval mode. `on_epoch(metrics)` is called after every epoch (see `npdraw_core.loop`)."""
     settings, device = run.config.training, run.device
-    stage_hash = model_hash(run, prior_hash)
+    stage_hash = model_hash(run, prior_key)
+    shape = run.model_shape(len(bank))
     model = build_model(run, bank, prior)
     optimizer = torch.optim.Adam([
         {"params": model.encoder.parameters(), "lr": settings.encoder_lr},
-        {"params": [*model.decoder.parameters(), *getattr(model.output, "parameters", list)()], "lr": settings.lr},
-    ])
-    data_generator = torch.Generator().manual_seed(run.config.seed)
-    sample_generator = torch.Generator(device=device).manual_seed(run.config.seed + 1)
-    start_epoch, best = 0, float("inf")
-
+        {"params": [*model.decoder.parameters(), *output_parameters(model)], "lr": settings.lr},
+    ])  # fmt: skip
+    generators = {
+        "data": torch.Generator().manual_seed(run.config.seed),
+        "sample": torch.Generator(device=device).manual_seed(run.config.seed + 1),
+    }
     state = run.current(LAST, stage_hash)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        data_generator.set_state(state["data_generator"])
-        sample_generator.set_state(state["sample_generator"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-        if start_epoch >= settings.epochs:
-            print(f"[train] {run.path(LAST)} finished all {settings.epochs} epochs for this config; skipping", flush=True)
-            return load_best(run, model, stage_hash)
-        print(f"[train] resuming after epoch {state['epoch']} from {run.path(LAST)}", flush=True)
-    else:
-        run.current(BEST, stage_hash)  # a best model from another config is moved to stale/, not overwritten
-
-    train, valid = run.dataset.load("train"), run.dataset.load("valid")
+    if state is None:
+        run.current(BEST, stage_hash)  # a model file from another config is moved to stale/, not overwritten
+    dataset = run.dataset
+    train, valid = dataset.load("train"), dataset.load("valid")
     if settings.max_train_images is not None:
         train = train.subset(torch.arange(min(settings.max_train_images, len(train))))
-    binary = run.dataset.binary
-    for epoch in range(start_epoch, settings.epochs):
+
+    def train_epoch(epoch: int) -> dict[str, float]:
         temperature = temperature_at(epoch, min_temperature=settings.min_temperature, halflife=settings.temperature_halflife)
         forcing = parse_forcing_probability(epoch, settings.parse_forcing_rate)
         model.train()
-        started, seen = time.perf_counter(), 0
-        batches = list(minibatch_indices(len(train), settings.batch_size, generator=data_generator))
-        for index in tqdm(batches, desc=f"train epoch {epoch}", leave=False):
-            images = prepare(train.images[index], binary=binary, generator=data_generator).to(device)
+        totals: dict[str, float] = {}
+        started = time.perf_counter()
+        batches = list(minibatch_indices(len(train), settings.batch_size, generator=generators["data"]))
+        for index in tqdm(batches, desc=f"train epoch {epoch}", leave=False, mininterval=1.0):
+            images = prepare_images(train.images[index], binary=dataset.binary, generator=generators["data"])
             terms = model.loss(
-                images, parses_of(parses["train"], index, model), reg_weight=settings.reg_weight,
+                images.to(device), parses_of(parses["train"], index, model), reg_weight=settings.reg_weight,
                 temperature=temperature, whether_estimator=settings.whether_estimator,
-                parse_forcing=forcing, generator=sample_generator,
+                parse_forcing=forcing, generator=generators["sample"],
             )
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
             optimizer.step()
-            seen += len(index)
-        seconds = time.perf_counter() - started
-        valid_metrics = validate(model, valid, parses["valid"], settings, binary=binary, temperature=temperature)
-        improved = valid_metrics["loss"] < best
-        best = min(best, valid_metrics["loss"])
-        run.log("train", epoch=epoch, temperature=temperature, parse_forcing=forcing, images_per_second=seen / seconds,
-                **{f"train_{k}": v for k, v in terms.summary().items()}, **{f"valid_{k}": v for k, v in valid_metrics.items()})
-        if improved:
-            save_checkpoint({"model": model.state_dict(), "epoch": epoch, "config_hash": stage_hash}, run.path(BEST))
+            for name, value in terms.summary().items():
+                totals[name] = totals.get(name, 0.0) + value * len(index)
+        images_per_second = len(train) / (time.perf_counter() - started)
+        return {"temperature": temperature, "parse_forcing": forcing, "images_per_second": images_per_second, **{f"train_{k}": v / len(train) for k, v in totals.items()}}
+
+    def validate_epoch(epoch: int) -> dict[str, float]:
+        temperature = temperature_at(epoch, min_temperature=settings.min_temperature, halflife=settings.temperature_halflife)
+        metrics = validate(model, valid, parses["valid"], settings, binary=dataset.binary, temperature=temperature)
+        return {f"valid_{k}": v for k, v in metrics.items()}
+
+    def write_model_file(epoch: int, metrics: dict) -> None:
+        save_model_file(run.path(BEST), model, run.config, shape, epoch=epoch, metrics=metrics, config_hash=stage_hash)
+
+    def after_epoch(metrics: dict) -> None:
+        epoch = metrics["epoch"]
         if settings.sample_grid_every and (epoch + 1) % settings.sample_grid_every == 0:
+            from npdraw_core.sampling import save_sample_grid
+
             save_sample_grid(model, run.path(f"samples/epoch_{epoch:03d}.png"), seed=run.config.seed)
-        save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
-            "data_generator": data_generator.get_state(), "sample_generator": sample_generator.get_state(),
-            "config_hash": stage_hash,
-        }, run.path(LAST))
-    return load_best(run, model, stage_hash)
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    final = fit(
+        model, optimizer, stage="train", schedule=Schedule(settings.epochs, monitor="valid_loss"),
+        checkpoint=run.path(LAST), stage_hash=stage_hash, train_epoch=train_epoch, validate=validate_epoch,
+        generators=generators, seed=run.config.seed, record=run.log, resume_from=state,
+        on_epoch=after_epoch, on_improved=write_model_file,
+    )  # fmt: skip
+    if not run.path(BEST).exists():  # lost after training finished (e.g. deleted): rebuild it from model_last
+        log.info("[train] %s was missing; wrote it again from the best weights in %s", run.path(BEST), run.path(LAST))
+        write_model_file(final["best_epoch"], {"valid_loss": final["best"]})
+    return model.eval()
 
 
 @torch.no_grad()
-def validate(model: NPDraw, valid, parses: dict, settings, *, binary: bool, temperature: float) -> dict[str, float]:
+def validate(
+    model: NPDraw, valid: ImageSet, parses: dict, settings: TrainingConfig, *, binary: bool, temperature: float
+) -> dict[str, float]:
     """Mean validation loss terms (fixed binarisation and posterior noise, so epochs compare fairly)."""
     model.eval()
     generator = torch.Generator(device=model.bank.device).manual_seed(0)
     binarize_generator = torch.Generator().manual_seed(0)
     totals: dict[str, float] = {}
     for index in minibatch_indices(len(valid), settings.batch_size, shuffle=False):
-        images = prepare(valid.images[index], binary=binary, generator=binarize_generator)
+        images = prepare_images(valid.images[index], binary=binary, generator=binarize_generator)
         terms = model.loss(
             images.to(model.bank.device), parses_of(parses, index, model), reg_weight=settings.reg_weight,
             temperature=temperature, whether_estimator=settings.whether_estimator, generator=generator,
@@ -143,29 +150,3 @@ def validate(model: NPDraw, valid, parses: dict, settings, *, binary: bool, temp
         for name, value in terms.summary().items():
             totals[name] = totals.get(name, 0.0) + value * len(index)
     return {name: value / len(valid) for name, value in totals.items()}
-
-
-def load_best(run: Run, model: NPDraw, stage_hash: str) -> NPDraw:
-    state = run.current(BEST, stage_hash)
-    if state is None:
-        raise FileNotFoundError(f"{run.path(BEST)} is missing; re-run `npdraw train` to train the model")
-    model.load_state_dict(state["model"])
-    return model.eval()
-
-
-def save_sample_grid(model: NPDraw, path, *, seed: int, num: int = 32) -> None:
-    """Samples (top) above their canvases (bottom), like the paper's Fig. 5."""
-    images, canvases = image_samples(model, num, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(torch.cat([images, canvases]), path, nrow=8, pad_value=0.5)
-
-
-def image_samples(
-    model: NPDraw, num: int, *, seed: int, temperature: float = 1.0, top_k: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (the output distribution's mean) and their canvases, upsampled to image size, on the CPU."""
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)  # a CPU generator gives the same samples on every device
-    images, canvases, _ = model.sample(num, generator=generator, temperature=temperature, top_k=top_k)
-    canvases = F.interpolate(canvases, size=images.shape[-2:], mode="nearest")
-    return images.cpu(), canvases.cpu()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from npdraw_core.bank import PartBank, build_bank, ensure_bank, kmedoids_objective, sample_patches
+from npdraw_core.bank import PartBank, build_bank, kmedoids_objective, sample_patches
 from npdraw_core.checkpoint import load_checkpoint, read_metrics
 from npdraw_core.config import load_config
 from npdraw_core.data import canvas_images
 from npdraw_core.geometry import Grid
+from npdraw_core.pipeline import bank_key, bank_stage
 from npdraw_core.run import Run
 from npdraw_plugins.part_banks import (
     FasterPAMConfig,
@@ -154,20 +157,21 @@ def make_run(tmp_path, bundled_mnist_root, *overrides) -> Run:
     return Run(config, device="cpu")
 
 
-def test_ensure_bank_skips_when_current_and_archives_on_config_change(tmp_path, bundled_mnist_root):
+def test_bank_stage_builds_once_per_setting_in_the_shared_cache(tmp_path, bundled_mnist_root):
     run = make_run(tmp_path, bundled_mnist_root)
-    bank = ensure_bank(run)
-    assert bank.bank_size == 10 and (run.dir / "bank.pt").is_file()
-    first_write = (run.dir / "bank.pt").stat().st_mtime_ns
-    again = ensure_bank(make_run(tmp_path, bundled_mnist_root))
+    bank = bank_stage(run)
+    stored = run.cache.path("bank", bank_key(run.config))
+    assert bank.bank_size == 10 and stored.is_file()
+    first_write = stored.stat().st_mtime_ns
+    again = bank_stage(make_run(tmp_path, bundled_mnist_root, "name=other_run"))
     assert torch.equal(again.exemplars, bank.exemplars)
-    assert (run.dir / "bank.pt").stat().st_mtime_ns == first_write  # skipped, not rebuilt
+    assert stored.stat().st_mtime_ns == first_write  # reused by another run, not rebuilt
     assert [r["bank_size"] for r in read_metrics(run.dir / "metrics.jsonl") if r["stage"] == "bank"] == [10]
+    assert json.loads(run.path("artefacts.json").read_text())["bank"]["path"] == str(stored)
 
-    changed = ensure_bank(make_run(tmp_path, bundled_mnist_root, "model.part_bank.bank_size=15"))
+    changed = bank_stage(make_run(tmp_path, bundled_mnist_root, "model.part_bank.bank_size=15"))
     assert changed.bank_size == 15
-    assert len(list((run.dir / "stale").glob("bank-*.pt"))) == 1
-    assert PartBank.load(next((run.dir / "stale").glob("bank-*.pt"))).bank_size == 10
+    assert PartBank.load(stored).bank_size == 10  # the other setting's bank is kept beside it
 
 
 def test_colour_patches_keep_their_channels_together():

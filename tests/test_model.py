@@ -4,7 +4,6 @@ a killed training run resumes exactly, checkpoints never execute code, sampling 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,19 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from npdraw_core.bank import ensure_bank
 from npdraw_core.checkpoint import CheckpointError, load_checkpoint
+from npdraw_core.data import prepare_images
 from npdraw_core.editing import Region, edit, save_edit_figure
-from npdraw_core.parsing import ensure_parses
-from npdraw_core.prior_training import ensure_prior
+from npdraw_core.pipeline import bank_stage, parse_stage, prior_stage
 from npdraw_core.run import Run
-from npdraw_core.training import LAST, build_model, ensure_model, parses_of, prepare
+from npdraw_core.training import LAST, build_model, parses_of, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 # A small slice of MNIST keeps every stage to seconds on two cores.
 SMALL = ["data.train_fraction=0.05", "evaluation.feature_extractors=[]"]
-UPSTREAM = ("bank.pt", "parses.pt", "prior.pt")
 
 
 def tiny_run(output_dir: Path, name: str, *extra: str) -> Run:
@@ -35,17 +32,13 @@ def tiny_run(output_dir: Path, name: str, *extra: str) -> Run:
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
-    """Bank, parses and a briefly trained prior, made once and copied into each test's run."""
+    """Bank, parses and a briefly trained prior, made once in the stage cache that every run of the same
+    output directory shares."""
     run = tiny_run(tmp_path_factory.mktemp("runs"), "upstream")
-    bank = ensure_bank(run)
-    parses = ensure_parses(run, bank)
-    prior, prior_hash = ensure_prior(run, bank, parses)
-    return run, bank, parses, prior, prior_hash
-
-
-def copy_upstream(upstream_run: Run, target: Run) -> None:
-    for name in UPSTREAM:
-        shutil.copy(upstream_run.path(name), target.path(name))
+    bank = bank_stage(run)
+    parses = parse_stage(run, bank)
+    prior, prior_key = prior_stage(run, bank, parses)
+    return run, bank, parses, prior, prior_key
 
 
 def test_loss_falls_over_a_few_steps_on_real_mnist(upstream):
@@ -58,7 +51,7 @@ def test_loss_falls_over_a_few_steps_on_real_mnist(upstream):
     index = torch.arange(64)
     losses = []
     for _ in range(12):
-        images = prepare(train.images[index], binary=True, generator=data)
+        images = prepare_images(train.images[index], binary=True, generator=data)
         terms = model.loss(images, parses_of(parses["train"], index, model), reg_weight=1.0, temperature=1.0, generator=data)
         optimizer.zero_grad()
         terms.loss.backward()
@@ -72,7 +65,7 @@ def test_fifty_sample_bound_is_tighter_than_one_sample(upstream):
     run, bank, _, prior, _ = upstream
     torch.manual_seed(0)
     model = build_model(run, bank.exemplars, prior).eval()
-    images = prepare(run.dataset.load("test").images[:48], binary=True, generator=torch.Generator().manual_seed(1))
+    images = prepare_images(run.dataset.load("test").images[:48], binary=True, generator=torch.Generator().manual_seed(1))
     one = model.log_likelihood_bound(images, num_samples=1, generator=torch.Generator().manual_seed(2))
     fifty = model.log_likelihood_bound(images, num_samples=50, generator=torch.Generator().manual_seed(3))
     assert torch.isfinite(fifty).all() and (fifty < 0).all()  # log-probabilities of binary images
@@ -80,20 +73,19 @@ def test_fifty_sample_bound_is_tighter_than_one_sample(upstream):
 
 
 def final_weights(run: Run) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run.path(LAST))["model"]
+    return load_checkpoint(run.path(LAST))["state_dict"]
 
 
 @pytest.mark.slow
 def test_resume_after_kill_reproduces_the_uninterrupted_run(upstream, tmp_path):
-    upstream_run, bank, parses, prior, prior_hash = upstream
-    straight = tiny_run(tmp_path, "straight")
-    copy_upstream(upstream_run, straight)
-    ensure_model(straight, bank.exemplars, parses, prior, prior_hash)
+    upstream_run, bank, parses, prior, prior_key = upstream
+    output_dir = upstream_run.config.output_dir  # the shared cache already holds bank, parses and prior
+    straight = tiny_run(output_dir, f"straight-{tmp_path.name}")
+    train_model(straight, bank.exemplars, parses, prior, prior_key)
 
-    killed = tiny_run(tmp_path, "killed")
-    copy_upstream(upstream_run, killed)
+    killed = tiny_run(output_dir, f"killed-{tmp_path.name}")
     command = [sys.executable, "-m", "npdraw_core.cli", "train", str(TINY), "--device", "cpu",
-               *[f"--set={o}" for o in [*SMALL, f"output_dir={tmp_path}", "name=killed"]]]
+               *[f"--set={o}" for o in [*SMALL, f"output_dir={output_dir}", f"name={killed.config.name}"]]]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -106,7 +98,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(upstream, tmp_path):
         process.wait()
     assert load_checkpoint(killed.path(LAST))["epoch"] == 0
 
-    ensure_model(killed, bank.exemplars, parses, prior, prior_hash)
+    train_model(killed, bank.exemplars, parses, prior, prior_key)
     expected, resumed = final_weights(straight), final_weights(killed)
     assert load_checkpoint(killed.path(LAST))["epoch"] == 1
     for name, value in expected.items():

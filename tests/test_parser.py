@@ -9,13 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from npdraw_core.bank import PartBank, build_bank, ensure_bank
+from npdraw_core.bank import build_bank
 from npdraw_core.checkpoint import load_checkpoint, read_metrics
 from npdraw_core.config import load_config, parse_component
 from npdraw_core.data import canvas_images
 from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.latents import render
-from npdraw_core.parsing import ensure_parses, parse_images, parse_psnr, render_parses, save_parse_figure
+from npdraw_core.parsing import parse_images, parse_psnr, render_parses, save_parse_figure
+from npdraw_core.pipeline import bank_stage, parse_stage, parses_key
 from npdraw_core.registry import default_registry
 from npdraw_core.run import Run
 from npdraw_plugins.parsers import HeuristicParser, HeuristicParserConfig
@@ -153,7 +154,7 @@ def small_mnist_npz(mnist_dataset, tmp_path):
     return path
 
 
-def test_ensure_parses_saves_logs_and_skips(tmp_path, small_mnist_npz):
+def test_parse_stage_saves_logs_and_skips(tmp_path, small_mnist_npz):
     overrides = [
         f"output_dir={tmp_path}",
         "name=parse_test",
@@ -165,11 +166,11 @@ def test_ensure_parses_saves_logs_and_skips(tmp_path, small_mnist_npz):
         "model.part_bank.num_patches=300",
     ]
     run = Run(load_config(None, overrides), device="cpu")
-    bank = ensure_bank(run)
-    parses = ensure_parses(run, bank)
+    bank = bank_stage(run)
+    parses = parse_stage(run, bank)
     for split, size in {"train": 600, "valid": 100, "test": 300}.items():
         assert parses[split]["what"].shape == (size, 36) and parses[split]["whether"].dtype == torch.uint8
-    stored = load_checkpoint(run.path("parses.pt"))
+    stored = load_checkpoint(run.cache.path("parses", parses_key(run.config)))
     assert torch.equal(stored["test"]["what"], parses["test"]["what"])
     records = [r for r in read_metrics(run.path("metrics.jsonl")) if r["stage"] == "parse"]
     assert [r["split"] for r in records] == ["train", "valid", "test"]
@@ -177,9 +178,10 @@ def test_ensure_parses_saves_logs_and_skips(tmp_path, small_mnist_npz):
     assert records[2]["psnr_mean"] == pytest.approx(stored["metrics"]["test"]["psnr_mean"])
     assert run.path("parses.png").is_file()
 
-    again = ensure_parses(Run(load_config(None, overrides), device="cpu"), PartBank.load(run.path("bank.pt")))
+    again = parse_stage(Run(load_config(None, overrides), device="cpu"), bank)
     assert torch.equal(again["train"]["what"], parses["train"]["what"])
     assert len([r for r in read_metrics(run.path("metrics.jsonl")) if r["stage"] == "parse"]) == 3  # skipped
-    # a different bank invalidates the parses
-    ensure_parses(run, PartBank(bank.exemplars.flip(0), bank.metadata))
-    assert len(list(run.path("stale").glob("parses-*.pt"))) == 1
+    # another parser setting parses again, beside the first
+    changed = Run(load_config(None, [*overrides, "model.parser.parse_threshold=0.5"]), device="cpu")
+    parse_stage(changed, bank)
+    assert len(list(run.cache.path("parses", "x").parent.glob("*.pt"))) == 2

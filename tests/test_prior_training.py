@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from npdraw_core import prior_training
+from npdraw_core import loop, prior_training
 from npdraw_core.checkpoint import load_checkpoint, read_metrics
-from npdraw_core.prior_training import ensure_prior, evaluate_nll, prior_config_hash, train_prior
+from npdraw_core.pipeline import prior_key, prior_stage
+from npdraw_core.prior_training import evaluate_nll, prior_content_hash, train_prior
 from npdraw_core.run import Run
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -59,7 +60,7 @@ def test_training_lowers_the_validation_nll_and_records_every_epoch(tmp_path, mn
     assert after < before - 5  # nats per image, after only 8 small steps
     checkpoint = load_checkpoint(run.path("prior.pt"))
     assert checkpoint["complete"] and checkpoint["epoch"] == 1
-    assert checkpoint["config_hash"] == prior_config_hash(run, bank, parses)
+    assert checkpoint["config_hash"] == prior_content_hash(run, bank, parses)
     assert not prior.training
 
 
@@ -71,17 +72,17 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, mnist, monkeypatch):
     class Killed(Exception):
         pass
 
-    real_save = prior_training.save_checkpoint
+    real_save = loop.save_checkpoint
 
     def save_then_die(payload, path):
         real_save(payload, path)
         raise Killed  # as if the process died right after the first epoch's checkpoint
 
     run = make_run(tmp_path / "b", few)
-    monkeypatch.setattr(prior_training, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         train_prior(run, bank, parses)
-    monkeypatch.setattr(prior_training, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     assert load_checkpoint(run.path("prior.pt"))["epoch"] == 0
     global_state = torch.get_rng_state()
     resumed = train_prior(run, bank, parses).state_dict()
@@ -108,9 +109,9 @@ def test_raising_the_epoch_count_continues_training_where_it_stopped(tmp_path, m
 def test_a_complete_matching_checkpoint_is_reused_without_training(tmp_path, mnist, monkeypatch):
     bank, parses = mnist
     run = make_run(tmp_path, "prior_training.lr=0.1", prior=INDEPENDENT)
-    first, first_hash = ensure_prior(run, bank, parses)
+    first, first_hash = prior_stage(run, bank, parses)
     monkeypatch.setattr(prior_training, "_train_epoch", lambda *a, **k: pytest.fail("trained again"))
-    second, second_hash = ensure_prior(
+    second, second_hash = prior_stage(
         make_run(tmp_path, "prior_training.lr=0.1", prior=INDEPENDENT), bank, parses
     )
     assert first_hash == second_hash
@@ -124,19 +125,14 @@ def test_a_changed_config_retrains_and_keeps_the_old_checkpoint(tmp_path, mnist)
     run = make_run(tmp_path, "prior_training.lr=0.001", prior=INDEPENDENT)
     train_prior(run, bank, parses)
     assert len(list(run.path("stale").glob("prior-*.pt"))) == 1
-    assert load_checkpoint(run.path("prior.pt"))["config_hash"] == prior_config_hash(run, bank, parses)
+    assert load_checkpoint(run.path("prior.pt"))["config_hash"] == prior_content_hash(run, bank, parses)
 
 
-def test_early_stopping_ends_training_when_validation_stalls(tmp_path, mnist):
+def test_early_stopping_ends_training_when_validation_stalls(tmp_path, mnist, monkeypatch):
     bank, parses = mnist
-    run = make_run(
-        tmp_path,
-        "prior_training.epochs=6",
-        "prior_training.lr=0.0",
-        "prior_training.early_stopping_patience=1",
-        prior=INDEPENDENT,
-    )
-    train_prior(run, bank, parses)  # lr 0: the validation NLL never improves after the first epoch
+    run = make_run(tmp_path, "prior_training.epochs=6", "prior_training.early_stopping_patience=1", prior=INDEPENDENT)
+    monkeypatch.setattr(prior_training, "evaluate_nll", lambda *a, **k: 100.0)  # validation never improves
+    train_prior(run, bank, parses)
     epochs = [r["epoch"] for r in read_metrics(run.path("metrics.jsonl")) if r["stage"] == "prior"]
     assert epochs == [0, 1]
     assert load_checkpoint(run.path("prior.pt"))["complete"]
@@ -151,8 +147,23 @@ def test_the_independent_prior_trains_through_the_same_stage(tmp_path, mnist):
         "prior_training.batch_size=25",
         prior=INDEPENDENT,
     )
-    prior, _ = ensure_prior(run, bank, parses)
+    prior, _ = prior_stage(run, bank, parses)
     assert type(prior).__name__ == "IndependentPrior"
     nll = evaluate_nll(prior, bank, run.grid, parses["valid"])
     untrained = run.build("prior", run.config.model.prior, shape=run.model_shape(bank.bank_size))
     assert nll < 0.8 * evaluate_nll(untrained, bank, run.grid, parses["valid"])
+
+
+def test_the_cached_prior_of_a_longer_schedule_continues_the_shorter_one(tmp_path, mnist):
+    bank, parses = mnist
+    few = "prior_training.max_train_images=100"
+    uninterrupted = train_prior(make_run(tmp_path / "a", few), bank, parses).state_dict()
+    short = make_run(tmp_path / "b", few, "prior_training.epochs=1")
+    prior_stage(short, bank, parses)
+    longer = make_run(tmp_path / "b", few)  # epochs=2: a new cache entry, started from the 1-epoch one
+    continued, key = prior_stage(longer, bank, parses)
+    assert key == prior_key(longer.config) != prior_key(short.config)
+    assert load_checkpoint(short.cache.path("prior", prior_key(short.config)))["epoch"] == 0  # kept as it was
+    assert [r["epoch"] for r in read_metrics(longer.path("metrics.jsonl")) if r["stage"] == "prior"] == [0, 1]
+    for name, value in uninterrupted.items():
+        assert torch.equal(value, continued.state_dict()[name]), name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from npdraw_core.bank import ensure_bank
 from npdraw_core.commands import add_run_arguments, run_from_args
 
 
@@ -15,10 +14,13 @@ def register(subparsers) -> None:
 
 
 def _bank(args) -> None:
+    from npdraw_core.pipeline import bank_key, bank_stage
+
     run = run_from_args(args)
-    bank = ensure_bank(run)
+    run.record_config()
+    bank = bank_stage(run)
     meta = bank.metadata
     print(
-        f"part bank: {run.path('bank.pt')} — {bank.bank_size} exemplars of {bank.patch_size}×{bank.patch_size} "
+        f"part bank: {run.cache.path('bank', bank_key(run.config))} — {bank.bank_size} exemplars of {bank.patch_size}×{bank.patch_size} "
         f"by {meta.get('engine')} from {meta.get('num_patches')} patches, objective {meta.get('objective', float('nan')):.4f}"
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from npdraw_core.commands import add_run_arguments, run_from_args
 from npdraw_core.data import to_unit
 from npdraw_core.editing import Region, edit, save_edit_figure
-from npdraw_core.pipeline import load_model
 
 
 def register(subparsers) -> None:
@@ -22,8 +21,10 @@ def register(subparsers) -> None:
 def _edit(args) -> None:
     if len(args.a) != len(args.b):
         raise ValueError(f"--a and --b must list the same number of images, got {len(args.a)} and {len(args.b)}")
+    from npdraw_core.model_file import load_trained
+
     run = run_from_args(args)
-    model = load_model(run)
+    model = load_trained(run.dir, device=run.device, registry=run.registry)
     size = run.config.model.canvas_size
     region = args.region or Region(0, size // 2, size, size - size // 2)
     test = run.dataset.load("test")

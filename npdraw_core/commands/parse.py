@@ -3,9 +3,7 @@ the part bank first when it is missing or stale)."""
 
 from __future__ import annotations
 
-from npdraw_core.bank import ensure_bank
 from npdraw_core.commands import add_run_arguments, run_from_args
-from npdraw_core.parsing import ensure_parses
 
 
 def register(subparsers) -> None:
@@ -17,11 +15,14 @@ def register(subparsers) -> None:
 
 
 def _parse(args) -> None:
+    from npdraw_core.pipeline import bank_stage, parse_stage, parses_key
+
     run = run_from_args(args)
-    parses = ensure_parses(run, ensure_bank(run))
+    run.record_config()
+    parses = parse_stage(run, bank_stage(run))
     for split, metrics in parses["metrics"].items():
         print(
             f"{split}: parse PSNR {metrics['psnr_mean']:.2f} dB (mean of per-image), "
             f"{metrics['psnr_of_mean_mse']:.2f} dB (of the mean MSE), draw fraction {metrics['draw_fraction']:.3f}"
         )
-    print(f"parses: {run.path('parses.pt')}, figure: {run.path('parses.png')}")
+    print(f"parses: {run.cache.path('parses', parses_key(run.config))}, figure: {run.path('parses.png')}")

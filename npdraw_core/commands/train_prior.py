@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from npdraw_core.commands import add_run_arguments, run_from_args
-from npdraw_core.pipeline import run_pipeline
-from npdraw_core.prior_training import CHECKPOINT
 
 
 def register(subparsers) -> None:
@@ -14,6 +12,8 @@ def register(subparsers) -> None:
 
 
 def _train_prior(args) -> None:
+    from npdraw_core.pipeline import prior_key, run_pipeline
+
     run = run_from_args(args)
     run_pipeline(run, ["prior"])
-    print(f"prior checkpoint: {run.path(CHECKPOINT)} (metrics in {run.path('metrics.jsonl')})")
+    print(f"prior checkpoint: {run.cache.path('prior', prior_key(run.config))} (metrics in {run.path('metrics.jsonl')})")
