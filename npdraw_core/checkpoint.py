@@ -21,7 +21,8 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _atomic_write(path: str | Path, write) -> None:
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(file)` on a temp file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -37,7 +38,7 @@ def _atomic_write(path: str | Path, write) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -45,7 +46,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    _atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
