@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from npdraw_core.geometry import ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Decoder
-from npdraw_plugins.encoders import ResidualBlock, check_positive, conv_bn_relu
+from npdraw_plugins.encoders import check_positive
+from npdraw_plugins.layers import ResidualBlock, conv_bn_relu
 
 
 @dataclass(kw_only=True)

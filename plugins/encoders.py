@@ -12,40 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from npdraw_core.geometry import ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Encoder, StepLogits
-
-
-class ResidualBlock(nn.Module):
-    """conv 3×3, BN, ReLU, conv 3×3, BN, plus the input, ReLU (a ResNet basic block at constant width)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-        )
-
-    def forward(self, features: Tensor) -> Tensor:
-        return F.relu(features + self.body(features))
-
-
-def conv_bn_relu(
-    in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int
-) -> list[nn.Module]:
-    # No conv bias: the BatchNorm that follows has its own shift.
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    ]
+from npdraw_plugins.layers import ResidualBlock, conv_bn_relu
 
 
 def check_positive(config: object, *names: str) -> None:
