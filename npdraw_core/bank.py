@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from npdraw_core.checkpoint import load_checkpoint, save_checkpoint
-from npdraw_core.config import config_hash
+from npdraw_core.config import check_at_least, config_hash
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import MedoidEngine
 
@@ -38,15 +38,15 @@ class PartBankConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.bank_size < 1:
-            raise ValueError(f"part_bank.bank_size must be at least 1, got {self.bank_size}")
+        # messages start with the field name: loading a config prefixes the section's key path
+        check_at_least(self, 1, "bank_size")
         if self.num_patches < self.bank_size:
             raise ValueError(
-                f"part_bank.num_patches ({self.num_patches}) must be at least bank_size ({self.bank_size}): "
+                f"num_patches ({self.num_patches}) must be at least bank_size ({self.bank_size}): "
                 "the medoids are chosen among the sampled patches"
             )
         if not 0.0 <= self.min_patch_mass < 1.0:
-            raise ValueError(f"part_bank.min_patch_mass must be in [0, 1), got {self.min_patch_mass}")
+            raise ValueError(f"min_patch_mass must be in [0, 1), got {self.min_patch_mass}")
 
 
 def sample_patches(

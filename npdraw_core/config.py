@@ -1,17 +1,29 @@
-"""Run configuration: YAML in, strictly validated dataclasses out, resolved YAML back into the run dir.
+"""Run configuration: YAML files or dicts in, strictly validated dataclasses out, resolved YAML back into
+the run dir.
 
 A component is chosen by `type:`; its other keys are checked against that component's config dataclass.
-Fixed sections (training, evaluation) are dataclasses too. Errors name the key path and say how to fix it.
+Fixed sections (training, evaluation) are dataclasses too. Every config dataclass checks its own values in
+`__post_init__`, raising ValueError with a message that starts with the field name ("channels must be at
+least 1, got 0"); loading turns that into a ConfigError prefixed with the section's key path
+("model.encoder.channels must be ..."), so a bad value fails before any stage runs.
+
+Path-valued fields are declared with `path_field()`; loading resolves them once against the current
+directory and records the absolute path, so the resolved config means the same from any directory.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import json
+import logging
+import math
+import os
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +32,47 @@ import yaml
 
 from npdraw_core.registry import Registry, UnknownComponentError, default_registry
 
+logger = logging.getLogger(__name__)
+
 
 class ConfigError(ValueError):
     """A config is invalid; the message says which key and how to fix it."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers for config dataclasses (the core's and the plugins')
+
+
+def path_field(default: Any = dataclasses.MISSING) -> Any:
+    """A path-valued config field: resolved to an absolute path when the config is loaded."""
+    return field(default=default, metadata={"path": True})
+
+
+def check_at_least(config: object, minimum: float, *names: str) -> None:
+    """Each named field must be ≥ `minimum` (None passes: it means "not set")."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+
+
+def check_positive(config: object, *names: str) -> None:
+    """Each named field must be a finite number > 0 (None passes)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a number greater than 0, got {value!r}")
+
+
+def check_finite(config: object, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run config
 
 
 @dataclass
@@ -51,20 +101,35 @@ class ModelConfig:
     decoder: ComponentConfig = component("decoder", "conv")
     output: ComponentConfig = component("output_distribution", "bernoulli")
 
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "canvas_size", "patch_size")
+        if self.patch_size > self.canvas_size:
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must be at most canvas_size ({self.canvas_size}): parts are "
+                "pasted onto the canvas"
+            )
+
 
 @dataclass
 class PriorTrainingConfig:
+    # Epochs may be 0 ("no more epochs"): the stages hash their settings with epochs=0 so that raising
+    # epochs continues a run instead of restarting it.
     epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-4
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     early_stopping_patience: int | None = None  # epochs without validation improvement before stopping
     max_train_images: int | None = None  # train on the first N parses only (quick runs)
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 0, "epochs", "grad_clip")
+        check_at_least(self, 1, "batch_size", "early_stopping_patience", "max_train_images")
+        check_positive(self, "lr")
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 50
+    epochs: int = 50  # may be 0, see PriorTrainingConfig
     batch_size: int = 500
     encoder_lr: float = 1e-3
     lr: float = 1e-4  # decoder and output distribution
@@ -74,7 +139,14 @@ class TrainingConfig:
     temperature_halflife: float = 50.0
     parse_forcing_rate: float | None = 0.005  # r of π_e = exp(-r·e(e+1)/2); None disables parse forcing
     max_train_images: int | None = None
-    sample_grid_every: int = 1  # epochs between sample-grid PNGs
+    sample_grid_every: int = 1  # epochs between sample-grid PNGs; 0: none
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 0, "epochs", "reg_weight", "parse_forcing_rate", "sample_grid_every")
+        check_at_least(self, 1, "batch_size", "max_train_images")
+        check_positive(self, "encoder_lr", "lr", "temperature_halflife")
+        if not 0.0 < self.min_temperature <= 1.0:
+            raise ValueError(f"min_temperature must be in (0, 1], got {self.min_temperature!r}")
 
 
 @dataclass
@@ -86,13 +158,22 @@ class EvaluationConfig:
     fid_floor: bool = True  # also score a random half of the test set against the other half
     batch_size: int = 250
 
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "nll_samples", "batch_size")
+        check_at_least(self, 0, "nll_images")
+        if self.feature_extractors and self.fid_samples < 2:  # a covariance needs two samples
+            raise ValueError(
+                f"fid_samples must be at least 2 to compute an FID, got {self.fid_samples}; "
+                "set feature_extractors to [] to skip the FID"
+            )
+
 
 @dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-    output_dir: str = "runs"
+    output_dir: str = path_field("runs")
     stages: list[str] = field(default_factory=lambda: ["bank", "parse", "prior", "train", "eval"])
     data: ComponentConfig = component("dataset", "mnist")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -107,76 +188,224 @@ class RunConfig:
     def to_dict(self) -> dict:
         return to_plain(self)
 
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], overrides: Sequence[str] = (), registry: Registry | None = None
+    ) -> RunConfig:
+        """A config from plain data (a parsed YAML file, `to_dict()` of another config as a model file or a
+        Ray worker holds it), with `key.path=value` overrides applied on top, validated whole."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a config must be a mapping of keys to values, got {type(data).__name__}")
+        registry = registry or default_registry()
+        data = copy.deepcopy(dict(data))  # the caller's dict is never changed
+        apply_overrides(data, overrides, registry)
+        return parse_dataclass(cls, data, "", registry)
+
 
 # ---------------------------------------------------------------------------------------------------------
-# Parsing
+# Loading
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), *, registry: Registry | None = None) -> RunConfig:
-    """Read a YAML file (or start from defaults), apply `key.path=value` overrides, validate strictly."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML file such as configs/mnist.yaml")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from error
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
-    for override in overrides:
-        apply_override(data, override)
-    return parse_dataclass(RunConfig, data, "", registry or default_registry())
+def load_config(
+    source: str | Path | Mapping[str, Any] | RunConfig | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    registry: Registry | None = None,
+) -> RunConfig:
+    """A validated RunConfig from a YAML file, a dict (or a RunConfig) or the defaults (None), with
+    `key.path=value` overrides applied on top."""
+    if source is None:
+        data: Any = {}
+    elif isinstance(source, RunConfig):
+        data = source.to_dict()
+    elif isinstance(source, Mapping):
+        data = source
+    else:
+        data = read_yaml(source)
+    return RunConfig.from_dict(data, overrides, registry)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML file such as configs/mnist.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """`model.part_bank.bank_size=200` → (["model", "part_bank", "bank_size"], 200); the value is YAML."""
+    key, sep, raw_value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like key.path=value, e.g. model.part_bank.bank_size=200")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({error})") from error
+    return key.strip().split("."), value
 
 
 def apply_override(data: dict, override: str) -> None:
     """`model.part_bank.bank_size=200` → data["model"]["part_bank"]["bank_size"] = 200 (value parsed as YAML)."""
-    key, sep, raw_value = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {override!r} must look like key.path=value, e.g. model.part_bank.bank_size=200")
+    parts, value = parse_override(override)
+    _section(data, parts[:-1], override)[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str], registry: Registry) -> None:
+    """Apply overrides in order. One that changes a component's type (`model.prior.type=sparse`) drops the
+    keys the file gave for the old type, which the new type would reject; keys given by overrides stay,
+    so a wrong key for the new type is still an error."""
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of key.path=value strings, got the string {overrides!r}")
+    from_overrides: set[str] = set()
+    for override in overrides:
+        parts, value = parse_override(override)
+        if parts[-1] == "type":
+            _drop_keys_of_old_type(data, parts[:-1], str(value), from_overrides, registry)
+        _section(data, parts[:-1], override)[parts[-1]] = value
+        key_path = ".".join(parts)
+        from_overrides.add(key_path)
+        if isinstance(value, dict):  # `model.prior={...}`: its keys come from an override too
+            from_overrides.update(f"{key_path}.{key}" for key in value)
+
+
+def _section(data: dict, parts: list[str], override: str) -> dict:
     node = data
-    *parents, leaf = key.strip().split(".")
-    for part in parents:
+    for part in parts:
         child = node.setdefault(part, {})
+        if child is None:  # `key:` with no value in YAML is an empty section
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {part!r} holds a value, not a section")
         node = child
-    node[leaf] = yaml.safe_load(raw_value) if raw_value.strip() else None
+    return node
+
+
+def _drop_keys_of_old_type(
+    data: dict, parts: list[str], new_type: str, from_overrides: set[str], registry: Registry
+) -> None:
+    found = _component_section(parts, data, registry)
+    if found is None:
+        return  # not a component section: the override is checked like any other key
+    kind, default_type = found
+    section = _lookup(data, parts)
+    if not isinstance(section, dict):
+        return
+    old_type = str(section.get("type", default_type))
+    if old_type == new_type or new_type not in registry.components.get(kind, {}):
+        return  # an unknown new type keeps the keys: parsing reports the type with the available names
+    path = ".".join(parts)
+    dropped = [key for key in section if key != "type" and f"{path}.{key}" not in from_overrides]
+    for key in dropped:
+        del section[key]
+    if dropped:
+        logger.warning(
+            "%s.type=%s replaces %r: dropped the keys the config gave for %r (%s); give keys for %r as "
+            "%s.KEY=VALUE overrides",
+            path, new_type, old_type, old_type, ", ".join(dropped), new_type, path,
+        )
+
+
+def _lookup(data: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def _component_section(parts: list[str], data: dict, registry: Registry) -> tuple[str, str] | None:
+    """(kind, default type) of the component section at `parts` (e.g. ["model", "prior"]), or None when
+    that path is not a component section. Walks the config classes, through the chosen type of any
+    component on the way (a component's config may hold components of its own)."""
+    cls: type = RunConfig
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        if part not in fields:
+            return None
+        fld = fields[part]
+        if "component" in fld.metadata:
+            kind, default_type = fld.metadata["component"], fld.default_factory()["type"]
+            if depth == len(parts) - 1:
+                return kind, default_type
+            section = _lookup(data, parts[: depth + 1])
+            chosen = section.get("type", default_type) if isinstance(section, dict) else default_type
+            try:
+                cls = registry.get(kind, str(chosen)).config_class
+            except UnknownComponentError:
+                return None
+        else:
+            annotation = typing.get_type_hints(cls).get(part)
+            if not dataclasses.is_dataclass(annotation):
+                return None
+            cls = annotation
+    return None
 
 
 def parse_dataclass(cls: type, data: Any, path: str, registry: Registry):
-    if not isinstance(data, dict):
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        data = to_plain(data)  # an already-built section is re-validated like its dict
+    if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'config'} must be a mapping of keys to values, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [key for key in data if key not in fields]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, list(fields), n=1)
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown key {_join(path, key)!r}.{hint} Valid keys: {', '.join(fields)}")
+        raise ConfigError(f"unknown key {_join(path, str(key))!r}.{hint} Valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, fld in fields.items():
         key_path = _join(path, name)
         if "component" in fld.metadata:
             raw = data.get(name, {})
-            if isinstance(raw, dict) and "type" not in raw:
+            if raw is None:
+                raw = {}
+            if isinstance(raw, Mapping) and "type" not in raw:
                 raw = {**fld.default_factory(), **raw}  # keys without a type refine the default component
             values[name] = parse_component(fld.metadata["component"], raw, key_path, registry)
         elif dataclasses.is_dataclass(hints[name]):
-            values[name] = parse_dataclass(hints[name], data.get(name, {}), key_path, registry)
+            raw = data.get(name, {})
+            values[name] = parse_dataclass(hints[name], {} if raw is None else raw, key_path, registry)
         elif name in data:
             values[name] = coerce(data[name], hints[name], key_path, registry)
         elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {key_path!r}")
-    return cls(**values)
+        if fld.metadata.get("path"):
+            value = values.get(name, fld.default)
+            if isinstance(value, str):
+                values[name] = resolve_path(value)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as error:  # a config class's own check: prefix the section's key path
+        raise ConfigError(_prefixed(path, str(error), fields)) from None
+
+
+def resolve_path(value: str) -> str:
+    """`~` expanded and made absolute against the current directory (normalised; the path need not exist)."""
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _prefixed(path: str, message: str, fields: Mapping[str, Any]) -> str:
+    """"channels must be ..." in section "model.encoder" → "model.encoder.channels must be ..."."""
+    if not path:
+        return message
+    first_word = message.split(" ", 1)[0].strip("'\"`:,")
+    return f"{path}.{message}" if first_word in fields else f"{path}: {message}"
 
 
 def parse_component(kind: str, data: Any, path: str, registry: Registry) -> ComponentConfig:
     if isinstance(data, ComponentConfig):
-        return data
-    if not isinstance(data, dict) or "type" not in data:
+        data = to_plain(data)  # re-validated (and its paths resolved) like the dict it stands for
+    if not isinstance(data, Mapping) or "type" not in data:
         raise ConfigError(f"{path!r} must be a mapping with a 'type' key naming a {kind}, got {data!r}")
     options = dict(data)
     type_name = options.pop("type")

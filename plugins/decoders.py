@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from npdraw_core.config import check_at_least
 from npdraw_core.geometry import ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Decoder
-from npdraw_plugins.encoders import check_positive
 from npdraw_plugins.layers import ResidualBlock, conv_bn_relu
 
 
@@ -25,6 +25,10 @@ from npdraw_plugins.layers import ResidualBlock, conv_bn_relu
 class ConvDecoderConfig:
     channels: int = 128  # width of every hidden layer
     num_residual_blocks: int = 2
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "channels")
+        check_at_least(self, 0, "num_residual_blocks")
 
 
 def num_extra_upsamplings(shape: ModelShape) -> int:
@@ -46,9 +50,6 @@ class ConvDecoder(Decoder):
 
     def __init__(self, config: ConvDecoderConfig, *, shape: ModelShape, out_channels: int):
         super().__init__()
-        check_positive(config, "channels")
-        if config.num_residual_blocks < 0:
-            raise ValueError(f"num_residual_blocks must be zero or more, got {config.num_residual_blocks}")
         if out_channels < 1:
             raise ValueError(f"out_channels must be positive, got {out_channels}")
         if shape.canvas_size < 4:

@@ -14,17 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from npdraw_core.config import check_at_least
 from npdraw_core.geometry import ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Encoder, StepLogits
 from npdraw_plugins.layers import ResidualBlock, conv_bn_relu
-
-
-def check_positive(config: object, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if value < 1:
-            raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {value}")
 
 
 def check_images(images: Tensor, shape: ModelShape) -> None:
@@ -43,11 +37,13 @@ class ConvEncoderConfig:
     hidden_size: int = 128  # the linear layer after flattening (spec: 2·2·128 = 512 → 128)
     head_hidden_size: int = 128  # hidden width of each MLP head
 
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "channels", "num_downsamplings", "hidden_size", "head_hidden_size")
+
 
 class ConvEncoder(Encoder):
     def __init__(self, config: ConvEncoderConfig, *, shape: ModelShape):
         super().__init__()
-        check_positive(config, "channels", "num_downsamplings", "hidden_size", "head_hidden_size")
         self.shape = shape
         layers: list[nn.Module] = []
         in_channels, size = shape.channels, shape.image_size
@@ -88,6 +84,10 @@ class SpatialConvEncoderConfig:
     final_blocks: int = 2  # residual blocks on the n×n map of cells
     head_hidden_size: int = 128  # hidden width of the per-position (1×1 conv) MLP heads
 
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "channels", "head_hidden_size")
+        check_at_least(self, 0, "blocks_per_scale", "final_blocks")
+
 
 def num_downsamplings(image_size: int, cells_per_side: int) -> int:
     """How many stride-2 steps (ceil halving) keep the map at least `cells_per_side` wide."""
@@ -113,9 +113,6 @@ class SpatialConvEncoder(Encoder):
 
     def __init__(self, config: SpatialConvEncoderConfig, *, shape: ModelShape):
         super().__init__()
-        check_positive(config, "channels", "head_hidden_size")
-        if config.blocks_per_scale < 0 or config.final_blocks < 0:
-            raise ValueError("blocks_per_scale and final_blocks must be zero or more")
         self.shape = shape
         cells = shape.grid.cells_per_side
         layers: list[nn.Module] = []

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from npdraw_core.config import check_at_least, check_finite
 from npdraw_core.hookspecs import hookimpl
 
 
@@ -70,6 +71,11 @@ class DiscretizedLogisticMixtureConfig:
     num_bins: int = 256  # grey levels on [0, 1]: x · (num_bins − 1) is an integer
     min_log_scale: float = -7.0  # log-scales are clamped from below, as in PixelCNN++
 
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "num_components")
+        check_at_least(self, 2, "num_bins")
+        check_finite(self, "min_log_scale")
+
 
 def log1mexp(value: Tensor) -> Tensor:
     """log(1 − exp(−value)) for value > 0, accurate for tiny and large values (Mächler 2012). Each branch
@@ -103,11 +109,8 @@ class DiscretizedLogisticMixture(nn.Module):
 
     def __init__(self, config: DiscretizedLogisticMixtureConfig, *, channels: int):
         super().__init__()
-        if config.num_components < 1 or config.num_bins < 2 or channels < 1:
-            raise ValueError(
-                f"need num_components ≥ 1, num_bins ≥ 2 and channels ≥ 1, got {config.num_components}, "
-                f"{config.num_bins} and {channels}"
-            )
+        if channels < 1:  # the config checks its own values; channels come from the dataset
+            raise ValueError(f"channels must be at least 1, got {channels}")
         self.config, self.channels = config, channels
         self.pairs = [(target, source) for target in range(channels) for source in range(target)]
         self.num_pairs = len(self.pairs)

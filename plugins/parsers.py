@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from npdraw_core.config import check_at_least, check_finite
 from npdraw_core.geometry import ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Parser
@@ -24,8 +25,8 @@ class HeuristicParserConfig:
     batch_size: int = 1024  # images per distance computation: bounds memory at batch·T·M floats
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"parser.batch_size must be at least 1, got {self.batch_size}")
+        check_finite(self, "parse_threshold")
+        check_at_least(self, 1, "batch_size")
 
 
 class HeuristicParser(Parser):

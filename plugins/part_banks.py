@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from npdraw_core.bank import PartBankConfig
+from npdraw_core.config import check_at_least, check_positive
 from npdraw_core.hookspecs import hookimpl
 
 
@@ -61,6 +62,12 @@ class FasterPAMConfig(PartBankConfig):
     threads: int = 1  # 1 = sequential FasterPAM, deterministic for a seed; >1 uses the parallel variant
     max_distance_matrix_mib: float = 4096.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_at_least(self, 0, "max_iter")
+        check_at_least(self, 1, "threads")
+        check_positive(self, "max_distance_matrix_mib")
+
 
 class FasterPAMEngine:
     name = "kmedoids"
@@ -90,6 +97,11 @@ class SklearnExtraConfig(PartBankConfig):
     init: Literal["k-medoids++", "random", "heuristic", "build"] = "k-medoids++"
     max_iter: int = 300
     max_distance_matrix_mib: float = 4096.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_at_least(self, 0, "max_iter")
+        check_positive(self, "max_distance_matrix_mib")
 
 
 class SklearnExtraEngine:

@@ -142,8 +142,39 @@ def test_errors_say_what_to_fix():
         ConvDecoder(ConvDecoderConfig(), shape=model_shape(3, 48, 32, 4), out_channels=3)
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
         ConvDecoder(ConvDecoderConfig(channels=8), shape=shape, out_channels=3)(torch.rand(2, 1, 32, 32))
-    with pytest.raises(ValueError, match="positive"):
-        ConvEncoder(ConvEncoderConfig(channels=0), shape=shape)
+
+
+
+@pytest.mark.parametrize(
+    ("make_config", "expected"),
+    [
+        (lambda: ConvEncoderConfig(channels=0), "channels must be at least 1, got 0"),
+        (lambda: ConvEncoderConfig(num_downsamplings=0), "num_downsamplings must be at least 1, got 0"),
+        (lambda: SpatialConvEncoderConfig(blocks_per_scale=-1), "blocks_per_scale must be at least 0, got -1"),
+        (lambda: ConvDecoderConfig(channels=-3), "channels must be at least 1, got -3"),
+        (lambda: ConvDecoderConfig(num_residual_blocks=-1), "num_residual_blocks must be at least 0, got -1"),
+        (lambda: DiscretizedLogisticMixtureConfig(num_bins=1), "num_bins must be at least 2, got 1"),
+    ],
+)
+def test_network_configs_check_their_values(make_config, expected):
+    """The config is the one place a value is checked; loading a run config prefixes the key path."""
+    with pytest.raises(ValueError, match=f"^{expected}$"):
+        make_config()
+
+
+def test_encoder_and_decoder_share_the_layers_module():
+    import inspect
+
+    import npdraw_plugins.decoders as decoders
+    import npdraw_plugins.encoders as encoders
+    from npdraw_plugins import layers
+
+    assert "npdraw_plugins.encoders" not in inspect.getsource(decoders)
+    assert encoders.ResidualBlock is decoders.ResidualBlock is layers.ResidualBlock
+    assert encoders.conv_bn_relu is decoders.conv_bn_relu is layers.conv_bn_relu
+    block = layers.ResidualBlock(4)
+    features = torch.rand(2, 4, 5, 5)
+    assert block(features).shape == features.shape and bool((block(features) >= 0).all())
 
 
 def test_networks_are_registered():

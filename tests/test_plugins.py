@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 import pytest
 
@@ -141,22 +142,48 @@ def test_builtin_plugins_load_from_the_installed_entry_points():
     assert all(info.distribution == "npdraw" for info in registry.plugins.values())
 
 
-def test_the_readme_plugin_example_works_and_passes_the_prior_contract(tmp_path, monkeypatch):
-    """The README's third-party prior, taken verbatim, loads through an entry point and is a valid prior."""
-    from pathlib import Path
+README = Path(__file__).resolve().parents[1] / "README.md"
+CONFIGS = sorted((README.parent / "configs").glob("*.yaml"))
 
-    from npdraw_core.contracts import check_prior
-    from npdraw_core.geometry import ModelShape
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def readme_sparse_prior_entry_point(tmp_path, monkeypatch) -> EntryPoint:
+    """The README's third-party prior module, taken verbatim, behind an entry point as its package has it."""
+    readme = README.read_text()
     source = readme.split("```python\n# npdraw_sparse_prior.py\n", 1)[1].split("```", 1)[0]
     assert len(source.strip().splitlines()) <= 20
     write_module(tmp_path, monkeypatch, "npdraw_sparse_prior", source)
-    entry = EntryPoint(name="sparse_prior", value="npdraw_sparse_prior", group="npdraw")
-    registry = build_registry([entry])
+    return EntryPoint(name="sparse_prior", value="npdraw_sparse_prior", group="npdraw")
+
+
+def test_the_readme_plugin_example_works_and_passes_the_prior_contract(tmp_path, monkeypatch):
+    """The README's third-party prior, taken verbatim, loads through an entry point and is a valid prior."""
+    from npdraw_core.contracts import check_prior
+    from npdraw_core.geometry import ModelShape
+
+    registry = build_registry([readme_sparse_prior_entry_point(tmp_path, monkeypatch)])
     component = registry.get("prior", "sparse")
     config = component.config_class(draw_rate=0.2)
     shape = ModelShape(channels=1, image_size=28, canvas_size=28, patch_size=5, bank_size=12)
     check_prior(component.factory, config, shape)
     prior = component.build(config, shape=shape)
     assert abs(prior.whether_logits.sigmoid().mean().item() - 0.2) < 1e-6
+
+
+def test_the_readme_plugin_command_works_on_every_shipped_config(tmp_path, monkeypatch):
+    """`--set model.prior.type=sparse`, as the README says, on each configs/*.yaml: the file's transformer
+    keys give way to the sparse prior's defaults."""
+    from npdraw_core.config import load_config
+
+    command = README.read_text().split("Then `--set ", 1)[1].split("`", 1)[0]
+    assert command == "model.prior.type=sparse"
+    sparse = readme_sparse_prior_entry_point(tmp_path, monkeypatch)
+    registry = build_registry([*entry_points(group="npdraw"), sparse])
+    assert registry.failed == {}, registry.failed
+    assert CONFIGS
+    for path in CONFIGS:
+        config = load_config(path, [command], registry=registry)
+        assert config.model.prior.type == "sparse", path
+        assert type(config.model.prior.config).__name__ == "SparsePriorConfig", path
+        assert config.model.prior.config.draw_rate == 0.3, path
+        rate = load_config(path, ["model.prior.type=sparse", "model.prior.draw_rate=0.1"], registry=registry)
+        assert rate.model.prior.config.draw_rate == 0.1, path

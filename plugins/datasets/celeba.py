@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from npdraw_core.config import check_at_least, path_field
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,
@@ -42,10 +43,17 @@ FALLBACK_FRACTION = 0.1  # valid and test fractions for files without official n
 
 @dataclass(kw_only=True)
 class CelebaConfig(SubsetOptions):
-    root: str = "../shared/data/celeba"  # a zip of img_align_celeba JPEGs, a folder of them, or a folder holding either
+    # a zip of img_align_celeba JPEGs, a folder of them, or a folder holding either
+    root: str = path_field("../shared/data/celeba")
     crop_size: int = 148
     image_size: int = 64
-    cache_dir: str | None = "~/.cache/npdraw/celeba"  # None: decode on every load
+    cache_dir: str | None = path_field("~/.cache/npdraw/celeba")  # None: decode on every load
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_at_least(self, 1, "image_size")
+        if self.crop_size < self.image_size:
+            raise ValueError(f"crop_size ({self.crop_size}) must be at least image_size ({self.image_size})")
 
 
 class Source:
@@ -143,10 +151,6 @@ class Celeba(ArrayDataset):
 
     def __init__(self, config: CelebaConfig):
         super().__init__(config)
-        if config.crop_size < config.image_size:
-            raise ValueError(
-                f"crop_size ({config.crop_size}) must be at least image_size ({config.image_size})"
-            )
         root = existing(config.root, "a zip or folder of img_align_celeba JPEGs")
         self.source = Source(root)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npdraw_core.config import path_field
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,
@@ -47,7 +48,7 @@ ALLOWED_GLOBALS = {
 @dataclass(kw_only=True)
 class Cifar10Config(SplitOptions):
     # an npz with train_/test_ images and labels, a folder holding exactly one, or cifar-10-batches-py (or its parent)
-    root: str = "../shared/data/cifar10"
+    root: str = path_field("../shared/data/cifar10")
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from npdraw_core.config import check_at_least
 from npdraw_core.interfaces import SPLITS, ImageSet
 
 VALID_SIZE = 1000  # the last 1,000 training images form the validation split
@@ -45,8 +46,7 @@ class SplitOptions(SubsetOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.valid_size < 1:
-            raise ValueError(f"valid_size must be at least 1, got {self.valid_size}")
+        check_at_least(self, 1, "valid_size")
 
 
 @dataclass

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+import npdraw_plugins
+from npdraw_core.config import path_field
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,
@@ -24,12 +26,14 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-BUNDLED = Path(__file__).resolve().parents[2] / "data" / "mnist"
+# the copy bundled with the repository (the package folder's parent holds data/), found from any directory
+BUNDLED = Path(npdraw_plugins.__file__).resolve().parents[1] / "data" / "mnist"
 
 
 @dataclass(kw_only=True)
 class MnistConfig(SplitOptions):
-    root: str = "data/mnist"  # holds MNIST/raw/<IDX files> (torchvision) or the IDX files themselves
+    # holds MNIST/raw/<IDX files> (torchvision) or the IDX files themselves
+    root: str = path_field(str(BUNDLED))
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from npdraw_core.config import path_field
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,
@@ -32,9 +33,9 @@ from npdraw_plugins.datasets.common import (
 
 @dataclass(kw_only=True)
 class NpzConfig(SplitOptions):
-    path: str  # the .npz file with `images` (and optionally `labels`, `test_images`, `test_labels`)
+    path: str = path_field()  # the .npz file with `images` (and optionally `labels`, `test_images`, `test_labels`)
     binary: bool = False
-    test_path: str | None = None  # a separate .npz with the test `images` (and `labels`)
+    test_path: str | None = path_field(None)  # a separate .npz with the test `images` (and `labels`)
     test_fraction: float | None = None  # else hold out this random fraction of `images` as the test split
     split_seed: int = 0  # seeds the test_fraction draw
     layout: Literal["auto", "NHW", "NHWC", "NCHW"] = "auto"

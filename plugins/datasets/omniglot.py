@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from npdraw_core.config import path_field
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,
@@ -37,7 +38,7 @@ MAX_INK_FRACTION = 0.5  # official Omniglot has ~8% ink; far more means the pola
 @dataclass(kw_only=True)
 class OmniglotConfig(SplitOptions):
     # omniglot_28x28.npz, a folder holding it, or torchvision's omniglot-py folder (or the folder above it)
-    root: str = "../shared/data/omniglot"
+    root: str = path_field("../shared/data/omniglot")
     alphabets: list[int] | None = None  # keep only these alphabet indices (0..49) in train and valid
 
 

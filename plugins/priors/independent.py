@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from npdraw_core.config import check_finite
 from npdraw_core.geometry import ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Prior, StepLogits
@@ -20,6 +21,9 @@ from npdraw_core.interfaces import Prior, StepLogits
 @dataclass(kw_only=True)
 class IndependentPriorConfig:
     initial_whether_logit: float = 0.0  # log-odds of drawing at every step before training
+
+    def __post_init__(self) -> None:
+        check_finite(self, "initial_whether_logit")
 
 
 @dataclass

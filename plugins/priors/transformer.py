@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from npdraw_core.config import check_at_least
 from npdraw_core.geometry import ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Prior, StepLogits
@@ -40,9 +41,13 @@ class TransformerPriorConfig:
     dropout: float = 0.1
     head_hidden: int = 64  # hidden width of the what / where / whether MLP heads
     embed_channels: int = 16  # channels of the 3×3 stride-2 frame convolution (the authors used 16)
-    union_masks: bool = (
-        False  # location channel: union of all past masks (the authors' code), see prior_frames
-    )
+    union_masks: bool = False  # location channel: union of all past masks (the authors' code), see prior_frames
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "d_model", "num_heads", "head_dim", "mlp_dim", "head_hidden", "embed_channels")
+        check_at_least(self, 0, "depth")  # depth 0: the heads read each frame's embedding alone
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
 
 @dataclass
@@ -128,8 +133,6 @@ def _head(d_model: int, hidden: int, outputs: int) -> nn.Module:
 class TransformerPrior(Prior):
     def __init__(self, config: TransformerPriorConfig, *, shape: ModelShape):
         super().__init__()
-        if config.d_model < 1 or config.depth < 0 or config.num_heads < 1 or config.head_dim < 1:
-            raise ValueError(f"transformer prior sizes must be positive, got {config}")
         self.config, self.shape = config, shape
         self.union_masks = config.union_masks
         self.num_steps = shape.num_steps
