@@ -105,6 +105,42 @@ def test_bundled_mnist_splits(mnist_dataset, mnist_test, bundled_mnist_root):
     assert mean == pytest.approx(0.1306604763, abs=1e-9)
 
 
+def test_mnist_default_root_is_the_bundled_copy_from_any_directory(tmp_path, monkeypatch, mnist_test):
+    monkeypatch.chdir(tmp_path)
+    config = MnistConfig(valid_size=100)
+    assert Path(config.root).is_absolute()
+    assert torch.equal(Mnist(config).load("test").images, mnist_test.images)
+
+
+def test_celeba_folder_key_follows_the_files(tmp_path):
+    """The decoded-image cache is keyed by the folder's file names, sizes and times (a text digest)."""
+    from npdraw_plugins.datasets.celeba import Source
+
+    for name in ("000001.jpg", "000002.jpg"):
+        Image.new("RGB", (178, 218)).save(tmp_path / name)
+    key = Source(tmp_path).key
+    assert key.startswith(f"{tmp_path.name}-2-") and len(key.rsplit("-", 1)[1]) == 16
+    assert Source(tmp_path).key == key
+    Image.new("RGB", (178, 218), "white").save(tmp_path / "000002.jpg", quality=50)
+    assert Source(tmp_path).key != key
+
+
+def test_atomic_savez_writes_a_whole_file_and_no_temp_files(tmp_path):
+    from npdraw_plugins.datasets.common import atomic_savez
+
+    images = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    atomic_savez(tmp_path / "cache" / "a.npz", images=images, names=np.array(["x", "y"]))
+    with np.load(tmp_path / "cache" / "a.npz", allow_pickle=False) as saved:
+        assert np.array_equal(saved["images"], images) and saved["names"].tolist() == ["x", "y"]
+    class Unwritable:
+        def __array__(self, *args, **kwargs):
+            raise ValueError("cannot convert")
+
+    with pytest.raises(ValueError, match="cannot convert"):  # a failed write leaves no file, no temp file
+        atomic_savez(tmp_path / "cache" / "b.npz", images=images, bad=Unwritable())
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["a.npz"]
+
+
 def test_mnist_reads_raw_files_directly_in_root(tmp_path, mnist_test):
     images, labels = mnist_test.images[:300, 0].numpy(), mnist_test.labels[:300].numpy()
     for gz in (True, False):

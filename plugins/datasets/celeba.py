@@ -14,7 +14,6 @@ sorted by name, the last 10% are test and the 10% before them valid.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import sys
 import zipfile
@@ -27,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from npdraw_core.config import check_at_least, path_field
+from npdraw_core.digests import text_digest
 from npdraw_plugins.datasets.common import (
     ArrayDataset,
     Arrays,
@@ -92,11 +92,9 @@ class Source:
         if self.zip_path is not None:
             stat = self.zip_path.stat()
             return f"{self.zip_path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
-        digest = hashlib.sha256()
-        for name in self.names:
-            stat = (self.folder / name).stat()
-            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-        return f"{self.folder.name}-{len(self.names)}-{digest.hexdigest()[:16]}"
+        stats = ((name, (self.folder / name).stat()) for name in self.names)
+        digest = text_digest(f"{name}:{stat.st_size}:{stat.st_mtime_ns}" for name, stat in stats)
+        return f"{self.folder.name}-{len(self.names)}-{digest}"
 
     def describe(self) -> str:
         return str(self.zip_path or self.folder)

@@ -8,8 +8,6 @@ test split is always the full test set, as in the paper's low-data experiments.
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from npdraw_core.checkpoint import atomic_write
 from npdraw_core.config import check_at_least
 from npdraw_core.interfaces import SPLITS, ImageSet
 
@@ -238,13 +237,5 @@ def load_npz(path: Path, required: tuple[str, ...]):
 
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez to a temp file renamed into place: a killed process never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # open() keeps the umask's permissions
-    try:
-        with tmp_path.open("xb") as tmp:
-            np.savez(tmp, **arrays)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    """np.savez written atomically: a killed process never leaves a half-written file."""
+    atomic_write(path, lambda file: np.savez(file, **arrays))
