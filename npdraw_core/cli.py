@@ -1,39 +1,129 @@
 """The `npdraw` command line. Built-in commands live in `npdraw_core.commands`; plugins (serving, tune,
-third parties) add theirs through the `npdraw_register_commands` hook."""
+third parties) add theirs through the `npdraw_register_commands` hook, from modules named under the
+`npdraw.commands` entry-point group.
+
+Building the parser must stay cheap (`npdraw --help` answers at once): command modules import torch and
+the component plugins inside their handlers, and command plugins are loaded only when the command given
+is not a built-in one (or none is given, for --help).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
+import platform
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-from npdraw_core import commands
-from npdraw_core.checkpoint import CheckpointError
-from npdraw_core.config import ConfigError
-from npdraw_core.registry import PluginError, default_registry
+from npdraw_core import __version__, commands
+from npdraw_core.registry import PluginError, command_plugins, strict_plugins
+
+# Library code logs to loggers named after its modules; these are the roots the CLI shows.
+LOGGERS = ("npdraw", "npdraw_core", "npdraw_plugins", "npdraw_serving", "npdraw_tune")
+HANDLER_NAME = "npdraw-cli"
+
+logger = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def builtin_commands() -> dict[str, str]:
+    """Command name → module, for every module in `npdraw_core.commands` (train_prior → train-prior)."""
+    return {
+        info.name.replace("_", "-"): f"{commands.__name__}.{info.name}"
+        for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda info: info.name)
+    }
+
+
+def version_text() -> str:
+    try:
+        torch_version = version("torch")  # from the package metadata: importing torch takes seconds
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return f"npdraw {__version__} (torch {torch_version}, Python {platform.python_version()})"
+
+
+def build_parser(*, plugin_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npdraw", description="NP-DRAW: draw images part by part.")
+    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="show only warnings and errors (before the command)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{commands.__name__}.{module_info.name}").register(subparsers)
-    default_registry().plugin_manager.hook.npdraw_register_commands(subparsers=subparsers)
+    for module in builtin_commands().values():
+        importlib.import_module(module).register(subparsers)
+    if plugin_commands:
+        add_plugin_commands(subparsers)
     return parser
 
 
+def add_plugin_commands(subparsers) -> None:
+    manager, failed = command_plugins()
+    for name, error in failed.items():
+        logger.warning("command plugin %r failed to load: %s", name, error)
+    for impl in manager.hook.npdraw_register_commands.get_hookimpls():
+        try:
+            impl.function(subparsers=subparsers)
+        except Exception as error:  # one broken plugin must not take the other commands down
+            if strict_plugins():
+                raise PluginError(f"plugin {impl.plugin_name!r} failed to add its commands: {error!r}") from error
+            logger.warning("plugin %r failed to add its commands: %s", impl.plugin_name, error)
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout (or sys.stderr) is when a message comes, like logging.lastResort:
+    tests swap the streams between calls (capsys), and a handler bound to an old one would write to a
+    closed file."""
+
+    def __init__(self, stream_name: str):
+        super().__init__()
+        self.stream_name = stream_name
+        self.set_name(HANDLER_NAME)
+
+    @property
+    def stream(self):
+        return getattr(sys, self.stream_name)
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # StreamHandler.__init__ assigns one; the property always reads the current stream
+
+
+def configure_logging(*, quiet: bool = False) -> None:
+    """Library INFO messages on stdout as plain lines (what the user used to see printed), warnings and
+    errors on stderr; with `quiet`, only the latter. Safe to call again: handlers are added once."""
+    info = ConsoleHandler("stdout")
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = ConsoleHandler("stderr")
+    problems.setLevel(logging.WARNING)
+    problems.setFormatter(logging.Formatter("npdraw: %(levelname)s: %(message)s"))
+    for name in LOGGERS:
+        root = logging.getLogger(name)
+        if not any(handler.get_name() == HANDLER_NAME for handler in root.handlers):
+            root.addHandler(info)
+            root.addHandler(problems)
+        root.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    configure_logging()
     try:
-        parser = build_parser()
+        parser = build_parser(plugin_commands=command not in builtin_commands())
         args = parser.parse_args(argv)
+        configure_logging(quiet=args.quiet)
         result = args.handler(args)
-    except (ConfigError, PluginError, CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"npdraw: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("npdraw: interrupted; artefacts written so far are kept and the next run resumes", file=sys.stderr)
         return 130
+    except Exception as error:
+        from npdraw_core.checkpoint import CheckpointError  # imports torch: only once something went wrong
+
+        if not isinstance(error, PluginError | CheckpointError | FileNotFoundError | ValueError):
+            raise  # a bug, not a user's mistake: keep the traceback (ConfigError is a ValueError)
+        print(f"npdraw: error: {error}", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0
 
 

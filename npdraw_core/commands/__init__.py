@@ -1,15 +1,17 @@
 """Built-in CLI commands: each module here defines `register(subparsers)` and is picked up by the CLI.
 
 Commands are thin: they parse arguments, build a `Run` and call the Python API that does the work.
+Importing a command module must stay cheap (the CLI imports them all to build its parser, `npdraw --help`
+included): import torch, the pipeline and the plugins inside the handler, not at the top of the module.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import torch
-
-from npdraw_core.run import Run
+if TYPE_CHECKING:
+    from npdraw_core.run import Run
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, config_required: bool = True) -> None:
@@ -27,6 +29,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, config_required: bool 
 
 
 def run_from_args(args: argparse.Namespace) -> Run:
+    import torch
+
+    from npdraw_core.run import Run
+
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")

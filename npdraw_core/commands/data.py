@@ -10,18 +10,13 @@ a test split goes into `test_images` / `test_labels`. The `npz` dataset reads it
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from PIL import Image
-from tqdm import tqdm
+if TYPE_CHECKING:  # numpy, torch and PIL are imported where used: the CLI imports this module for --help
+    import numpy as np
 
-from npdraw_core.checkpoint import atomic_write_bytes
-from npdraw_core.config import load_config
-from npdraw_core.interfaces import SPLITS, Dataset
-from npdraw_core.registry import default_registry
+    from npdraw_core.interfaces import Dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_LISTED_CLASSES = 20  # more classes than this are summarised by their count range
@@ -71,6 +66,9 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def build_dataset(args: argparse.Namespace) -> tuple[Dataset, str]:
+    from npdraw_core.config import load_config
+    from npdraw_core.registry import default_registry
+
     registry = default_registry()
     chosen = load_config(args.config, args.overrides, registry=registry).data
     dataset = registry.get("dataset", chosen.type).build(chosen.config)
@@ -83,6 +81,10 @@ def build_dataset(args: argparse.Namespace) -> tuple[Dataset, str]:
 
 def summarize(dataset: Dataset) -> dict[str, dict]:
     """Per split: count, shape, dtype, per-channel pixel mean in [0, 1], label counts, extra fields."""
+    import torch
+
+    from npdraw_core.interfaces import SPLITS
+
     summary = {}
     for split in SPLITS:
         part = dataset.load(split)
@@ -135,6 +137,10 @@ def read_image_folder(
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """A folder of images → uint8 (N, C, H, W), labels and class names. Sub-folders are classes (labels in
     sorted folder-name order, like torchvision's ImageFolder); image files directly in `folder` get no labels."""
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder} is not a folder; expected a folder of images (one sub-folder per class, or flat)"
@@ -174,6 +180,9 @@ def read_image_folder(
 
 
 def load_image(path: Path, size: int | None, channels: int) -> np.ndarray:
+    import numpy as np
+    from PIL import Image
+
     with Image.open(path) as image:
         image = image.convert("L" if channels == 1 else "RGB")
     if image.width != image.height:
@@ -187,6 +196,13 @@ def load_image(path: Path, size: int | None, channels: int) -> np.ndarray:
 
 
 def run_import(args: argparse.Namespace) -> None:
+    import io
+
+    import numpy as np
+    import torch
+
+    from npdraw_core.checkpoint import atomic_write_bytes
+
     source, output = Path(args.source), Path(args.output)
     if output.suffix != ".npz":
         raise ValueError(f"--to {output}: the output must be an .npz file")

