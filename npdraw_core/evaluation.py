@@ -8,7 +8,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from npdraw_core.data import minibatch_indices, to_unit
+from npdraw_core.data import minibatch_indices, prepare_images, to_unit
 from npdraw_core.fid import (
     build_feature_extractor,
     fid_floor,
@@ -20,7 +20,6 @@ from npdraw_core.fid import (
 from npdraw_core.interfaces import ImageSet
 from npdraw_core.model import NPDraw
 from npdraw_core.run import Run
-from npdraw_core.training import prepare
 
 
 def negative_log_likelihood(
@@ -34,7 +33,7 @@ def negative_log_likelihood(
     sample_generator = torch.Generator(device=device).manual_seed(seed + 1)
     total, started = 0.0, time.perf_counter()
     for index in tqdm(list(minibatch_indices(len(test), batch_size, shuffle=False)), desc="nll", leave=False):
-        images = prepare(test.images[index], binary=binary, generator=binarize_generator).to(device)
+        images = prepare_images(test.images[index], binary=binary, generator=binarize_generator).to(device)
         bound = model.log_likelihood_bound(images, num_samples=num_samples, generator=sample_generator)
         total -= bound.sum().item()
     nll = total / len(test)

@@ -12,8 +12,7 @@ The FID-Inception weights themselves are found or made offline by `npdraw_core.i
 
 from __future__ import annotations
 
-import hashlib
-import inspect
+import dataclasses
 import io
 import warnings
 from collections.abc import Iterable, Iterator
@@ -28,7 +27,9 @@ from tqdm import tqdm
 from npdraw_core.checkpoint import atomic_write_bytes
 from npdraw_core.config import ComponentConfig, config_hash
 from npdraw_core.data import dynamic_binarize, to_unit
-from npdraw_core.interfaces import FeatureExtractor
+from npdraw_core.digests import text_digest
+from npdraw_core.interfaces import ExtractorContext, FeatureExtractor
+from npdraw_core.registry import PluginError
 
 Statistics = tuple[np.ndarray, np.ndarray]  # mean (D,) and covariance (D, D), float64
 
@@ -100,8 +101,8 @@ def frechet_distance(stats_a: Statistics, stats_b: Statistics) -> float:
 def _cache_entry(extractor: FeatureExtractor, key: str) -> tuple[str, str]:
     """The readable key (extractor name + its weights' fingerprint + the caller's dataset identity) and a
     short file-safe name for it inside the .npz."""
-    full_key = f"{extractor.name}|{getattr(extractor, 'fingerprint', '')}|{key}"
-    return full_key, "s" + hashlib.sha256(full_key.encode()).hexdigest()[:16]
+    full_key = f"{extractor.name}|{extractor.fingerprint}|{key}"
+    return full_key, "s" + text_digest([full_key])
 
 
 def _read_cache(cache_path: Path) -> dict[str, np.ndarray]:
@@ -231,26 +232,60 @@ def fid_floor(
 # Building extractors for a run
 
 
+# Dataset options that restrict the training images (the low-data regimes of spec §4.2). Extractors see the
+# dataset without them, so every regime is scored by the same extractor (e.g. one FID-LeNet classifier).
+SUBSET_OPTIONS = ("classes", "train_fraction", "subset_seed")
+
+
+def full_data_config(data: ComponentConfig) -> ComponentConfig:
+    """The run's dataset config with its subset options (if it has any) back at their defaults."""
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(data.config)
+        if f.name in SUBSET_OPTIONS
+    }
+    return ComponentConfig(data.type, dataclasses.replace(data.config, **defaults))
+
+
+def extractor_context(run) -> ExtractorContext:
+    """What a run offers its feature extractors: device, full dataset, and the shared extractors folder."""
+    data = full_data_config(run.config.data)
+    return ExtractorContext(
+        device=run.device,
+        dataset=run.build("dataset", data),
+        dataset_key=f"{data.type}-{config_hash(data)[:8]}",
+        cache_dir=Path(run.config.output_dir) / "extractors",
+    )
+
+
 def build_feature_extractor(
     run, name: str, *, prepare: bool = True, options: dict | None = None
 ) -> FeatureExtractor:
     """The registered extractor `name` for `run` (its device and dataset), with default options unless
     `options` are given. `prepare`: let the extractor create what it needs first, e.g. train FID-LeNet on
-    the run's dataset when its checkpoint is missing (extractors with a `prepare(run)` method)."""
+    the run's dataset when its checkpoint is missing; what it made is logged to the run's metrics."""
     from npdraw_core.config import parse_dataclass
 
     component = run.registry.get("feature_extractor", name)
     config = parse_dataclass(
         component.config_class, dict(options or {}), f"feature_extractor.{name}", run.registry
     )
-    # factories may take the run (device, dataset); one written to the bare hookspec takes the config only
-    parameters = inspect.signature(component.factory).parameters.values()
-    takes_run = any(p.name == "run" or p.kind is p.VAR_KEYWORD for p in parameters)
-    context = {"run": run} if takes_run else {}
-    extractor = run.build("feature_extractor", ComponentConfig(name, config), **context)
-    if prepare and hasattr(extractor, "prepare"):
-        extractor.prepare(run)
+    extractor = component.build(config, context=extractor_context(run))
+    if not isinstance(extractor, FeatureExtractor):
+        raise PluginError(
+            f"feature extractor {name!r} (plugin {component.plugin!r}) built a {type(extractor).__name__}; "
+            "its factory must return a subclass of npdraw_core.interfaces.FeatureExtractor"
+        )
+    if prepare:
+        prepare_extractor(run, extractor)
     return extractor
+
+
+def prepare_extractor(run, extractor: FeatureExtractor, *, force: bool = False) -> None:
+    """`extractor.prepare`, with a record of what it made (e.g. a trained classifier) in the run's metrics."""
+    made = extractor.prepare(force=force)
+    if made:
+        run.log("extractor", extractor=extractor.name, **made)
 
 
 def reference_cache_path(run) -> Path:

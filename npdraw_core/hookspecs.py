@@ -60,12 +60,20 @@ def npdraw_register_output_distributions(register):
 
 @hookspec
 def npdraw_register_feature_extractors(register):
-    """Register feature extractors for Fréchet distances. factory(config, *, run=None) →
-    `npdraw_core.interfaces.FeatureExtractor` (`run` gives the dataset and device; a factory that does not
-    accept it gets the config alone)."""
+    """Register feature extractors for Fréchet distances. factory(config, *, context) → a subclass of
+    `npdraw_core.interfaces.FeatureExtractor`; `context` is an `npdraw_core.interfaces.ExtractorContext`
+    (device, dataset, where to keep trained weights)."""
 
 
 @hookspec
 def npdraw_register_commands(subparsers):
     """Add sub-commands to the `npdraw` CLI. `subparsers` is argparse's sub-parser action: call
-    `subparsers.add_parser(name, help=...)` and `set_defaults(handler=fn)`; `fn(args)` runs the command."""
+    `subparsers.add_parser(name, help=...)` and `set_defaults(handler=fn)`; `fn(args)` runs the command.
+
+    The CLI calls this hook only on modules named under the `npdraw.commands` entry-point group (not the
+    `npdraw` group, whose plugins import torch), and imports them for `npdraw --help` too: keep their
+    imports light and import heavy things inside `fn`.
+
+        [project.entry-points."npdraw.commands"]
+        serve = "my_package.cli"
+    """

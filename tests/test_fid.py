@@ -27,7 +27,8 @@ from npdraw_core.fid import (
 )
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.inception_weights import fid_helper_torchscript_path, resolve_inception_weights
-from npdraw_core.registry import build_registry
+from npdraw_core.interfaces import ExtractorContext, FeatureExtractor
+from npdraw_core.registry import PluginError, build_registry
 from npdraw_core.run import Run
 from npdraw_plugins.feature_extractors import (
     InceptionConfig,
@@ -41,7 +42,7 @@ from npdraw_plugins.feature_extractors import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-class PixelFeatures:
+class PixelFeatures(FeatureExtractor):
     """Features = the pixels themselves: statistics can then be checked against numpy directly."""
 
     name = "pixels"
@@ -219,21 +220,46 @@ def test_train_extractor_command_writes_a_checkpoint(tmp_path, capsys):
     assert load_checkpoint(checkpoint)["config"]["max_train_images"] == 1000
 
 
-def test_extractor_factories_written_to_the_bare_hookspec_work(mnist_run):
-    @dataclass(kw_only=True)
-    class PixelConfig:
-        scale: float = 1.0
+@dataclass(kw_only=True)
+class PixelConfig:
+    scale: float = 1.0
 
-    class Plugin:
-        @hookimpl
-        def npdraw_register_feature_extractors(self, register):
-            register("pixels", lambda config: PixelFeatures(), PixelConfig)
 
-    registry = build_registry(extra_plugins={"pixels_plugin": Plugin()})
-    run = Run(mnist_run.config, registry=registry)
+class PixelPlugin:
+    """A third-party extractor plugin; its factory keeps the context it is given."""
+
+    def __init__(self, factory=None):
+        self.contexts = []
+        self.factory = factory or PixelFeatures
+
+    @hookimpl
+    def npdraw_register_feature_extractors(self, register):
+        def build(config, *, context):
+            self.contexts.append(context)
+            return self.factory()
+
+        register("pixels", build, PixelConfig)
+
+
+def test_extractor_factories_get_a_context_and_strict_options(mnist_run):
+    plugin = PixelPlugin()
+    run = Run(mnist_run.config, registry=build_registry(extra_plugins={"pixels_plugin": plugin}))
     assert build_feature_extractor(run, "pixels", options={"scale": 2.0}).name == "pixels"
+    (context,) = plugin.contexts
+    assert isinstance(context, ExtractorContext) and context.device == torch.device("cpu")
+    assert context.cache_dir == Path(mnist_run.config.output_dir) / "extractors"
+    assert context.dataset_key.startswith("mnist-") and context.dataset.image_size == 28
     with pytest.raises(ConfigError, match="scael"):
         build_feature_extractor(run, "pixels", options={"scael": 2.0})
+
+
+def test_an_extractor_that_is_not_a_feature_extractor_is_refused(mnist_run):
+    class Bare:  # has features(), but does not subclass FeatureExtractor
+        name = "bare"
+
+    run = Run(mnist_run.config, registry=build_registry(extra_plugins={"bare": PixelPlugin(Bare)}))
+    with pytest.raises(PluginError, match="subclass of npdraw_core.interfaces.FeatureExtractor"):
+        build_feature_extractor(run, "pixels")
 
 
 def test_missing_lenet_checkpoint_says_how_to_train_it(tmp_path):

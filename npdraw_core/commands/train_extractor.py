@@ -4,8 +4,6 @@ dataset and write its checkpoint; evaluation reuses it (and trains it itself whe
 from __future__ import annotations
 
 from npdraw_core.commands import add_run_arguments, run_from_args
-from npdraw_core.config import apply_override
-from npdraw_core.fid import build_feature_extractor
 
 
 def register(subparsers) -> None:
@@ -26,14 +24,16 @@ def register(subparsers) -> None:
 
 
 def _train_extractor(args) -> None:
+    from npdraw_core.config import apply_override
+    from npdraw_core.fid import build_feature_extractor, prepare_extractor
+
     run = run_from_args(args)
     options: dict = {}
     for option in args.options:
         apply_override(options, option)
     extractor = build_feature_extractor(run, args.extractor, prepare=False, options=options)
-    if not hasattr(extractor, "prepare"):
-        raise ValueError(f"feature extractor {args.extractor!r} has nothing to train")
-    extractor.prepare(run, force=args.force)
-    accuracy = getattr(extractor, "valid_accuracy", None)
-    shown = f" (validation accuracy {accuracy:.4f})" if accuracy is not None else ""
-    print(f"{args.extractor} checkpoint: {getattr(extractor, 'path', '?')}{shown}")
+    if not extractor.trainable:
+        raise ValueError(f"feature extractor {args.extractor!r} has nothing to train (try --extractor lenet)")
+    prepare_extractor(run, extractor, force=args.force)
+    shown = f" (validation accuracy {extractor.valid_accuracy:.4f})" if extractor.valid_accuracy is not None else ""
+    print(f"{args.extractor} checkpoint: {extractor.path}{shown}")

@@ -1,10 +1,11 @@
 """Built-in feature extractors for Fréchet distances: `inception` (pytorch-fid's FID-Inception) and
-`lenet` (FID-LeNet, a classifier trained on the dataset). A factory takes the component's config and,
-optionally, the `run` it serves (for its device and dataset)."""
+`lenet` (FID-LeNet, a classifier trained on the dataset). A factory takes the component's config and an
+`npdraw_core.interfaces.ExtractorContext` (device, dataset, where to keep trained weights)."""
 
 from __future__ import annotations
 
 from npdraw_core.hookspecs import hookimpl
+from npdraw_core.interfaces import ExtractorContext
 from npdraw_plugins.feature_extractors.inception import (
     InceptionConfig,
     InceptionExtractor,
@@ -27,12 +28,12 @@ __all__ = [
 ]  # fmt: skip
 
 
-def build_inception(config: InceptionConfig, *, run=None, **context) -> InceptionExtractor:
-    return InceptionExtractor(config, run=run)
+def build_inception(config: InceptionConfig, *, context: ExtractorContext) -> InceptionExtractor:
+    return InceptionExtractor(config, context=context)
 
 
-def build_lenet(config: LeNetConfig, *, run=None, **context) -> LeNetExtractor:
-    return LeNetExtractor(config, run=run)
+def build_lenet(config: LeNetConfig, *, context: ExtractorContext) -> LeNetExtractor:
+    return LeNetExtractor(config, context=context)
 
 
 @hookimpl

@@ -8,7 +8,6 @@ to pytorch-fid's own constructor, which loads them strictly.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,9 @@ import torch
 from torch import Tensor
 
 from npdraw_core.checkpoint import load_checkpoint
+from npdraw_core.digests import file_digest
 from npdraw_core.inception_weights import resolve_inception_weights
+from npdraw_core.interfaces import ExtractorContext, FeatureExtractor
 from npdraw_core.run import resolve_device
 
 
@@ -54,25 +55,16 @@ def load_fid_inception(weights_path: str | Path | None = None, device: torch.dev
     return model.eval().to(device, memory_format=torch.channels_last)
 
 
-def _file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-class InceptionExtractor:
+class InceptionExtractor(FeatureExtractor):
     name = "inception"
 
-    def __init__(self, config: InceptionConfig, *, run=None):
-        device = config.device or (str(run.device) if run is not None else "auto")
-        self.device = resolve_device(device)
+    def __init__(self, config: InceptionConfig, *, context: ExtractorContext | None = None):
+        self.device = resolve_device(config.device or (str(context.device) if context is not None else "auto"))
         self.max_batch = config.max_batch
-        weights = resolve_inception_weights(config.weights_path)
-        self.model = load_fid_inception(weights, self.device)
+        self.path = resolve_inception_weights(config.weights_path)
+        self.model = load_fid_inception(self.path, self.device)
         # cached reference statistics are only valid for the same weights
-        self.fingerprint = _file_fingerprint(weights)
+        self.fingerprint = file_digest(self.path)
 
     @torch.inference_mode()
     def features(self, images: Tensor) -> Tensor:

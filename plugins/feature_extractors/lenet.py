@@ -7,8 +7,7 @@ FID compares Bernoulli samples there.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -20,9 +19,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from npdraw_core.checkpoint import load_checkpoint, save_checkpoint
-from npdraw_core.config import ComponentConfig, config_hash
 from npdraw_core.data import dynamic_binarize, minibatch_indices, to_unit
+from npdraw_core.digests import state_dict_digest
+from npdraw_core.interfaces import ExtractorContext, FeatureExtractor
 from npdraw_core.run import resolve_device
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -139,7 +141,7 @@ def accuracy(
 def save_lenet(model: LeNet, path: str | Path, **metadata) -> str:
     """Atomic, weights-only checkpoint; returns the digest of the weights (the extractor's fingerprint)."""
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    digest = hashlib.sha256(b"".join(value.numpy().tobytes() for value in state.values())).hexdigest()[:16]
+    digest = state_dict_digest(state)
     payload = {
         "state_dict": state,
         "architecture": model.architecture,
@@ -157,52 +159,35 @@ def load_lenet(path: str | Path, device: torch.device | str = "cpu") -> tuple[Le
     return model.to(device).eval(), payload
 
 
-# Dataset options that restrict the training images (the low-data regimes of spec §4.2). FID-LeNet ignores
-# them: every regime is then scored by the same classifier, trained on the full training split.
-SUBSET_OPTIONS = ("classes", "train_fraction", "subset_seed")
-
-
-def full_data_config(data: ComponentConfig) -> ComponentConfig:
-    """The run's dataset config with its subset options (if it has any) back at their defaults."""
-    defaults = {
-        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        for f in dataclasses.fields(data.config)
-        if f.name in SUBSET_OPTIONS
-    }
-    return ComponentConfig(data.type, dataclasses.replace(data.config, **defaults))
-
-
-def lenet_checkpoint_path(run, config: LeNetConfig) -> Path:
+def lenet_checkpoint_path(context: ExtractorContext | None, config: LeNetConfig) -> Path:
     if config.checkpoint is not None:
         return Path(config.checkpoint).expanduser()
-    if run is None:
+    if context is None:
         raise ValueError(
-            "the lenet extractor needs a run (for its dataset) or an explicit checkpoint path in its config"
+            "the lenet extractor needs a context (for its dataset) or an explicit checkpoint path in its config"
         )
-    data = full_data_config(run.config.data)
-    return Path(run.config.output_dir) / "extractors" / f"lenet-{data.type}-{config_hash(data)[:8]}.pt"
+    return context.cache_dir / f"lenet-{context.dataset_key}.pt"
 
 
 def ensure_lenet(
-    run, config: LeNetConfig | None = None, *, force: bool = False, progress: bool = True
-) -> Path:
-    """The FID-LeNet checkpoint for the run's dataset, trained on its train split first when missing (or
-    when `force`); logs the validation accuracy under the stage "extractor"."""
+    context: ExtractorContext, config: LeNetConfig | None = None, *, force: bool = False, progress: bool = True
+) -> tuple[Path, dict | None]:
+    """The FID-LeNet checkpoint for the context's dataset, trained on its train split first when missing
+    (or when `force`), and a record of that training (None when the checkpoint was already there)."""
     config = config or LeNetConfig()
-    path = lenet_checkpoint_path(run, config)
+    path = lenet_checkpoint_path(context, config)
     if path.is_file() and not force:
-        return path
-    data = full_data_config(run.config.data)
-    dataset = run.build("dataset", data)
+        return path, None
+    dataset = context.dataset
     train, valid = dataset.load("train"), dataset.load("valid")
     if train.labels is None or valid.labels is None:
         raise ValueError(
-            f"FID-LeNet trains a classifier, but dataset {data.type!r} has no labels; "
+            f"FID-LeNet trains a classifier, but dataset {context.dataset_key!r} has no labels; "
             "use the inception feature extractor for it (evaluation.feature_extractors: [inception])"
         )
     if config.max_train_images is not None:
         train = train.subset(torch.arange(min(config.max_train_images, len(train))))
-    device = resolve_device(config.device or str(run.device))
+    device = resolve_device(config.device) if config.device else context.device
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     model = train_lenet(
@@ -211,26 +196,27 @@ def ensure_lenet(
     )  # fmt: skip
     valid_accuracy = accuracy(model, valid.images, valid.labels, binary=dataset.binary, generator=generator)
     save_lenet(
-        model, path, binary=dataset.binary, valid_accuracy=valid_accuracy, dataset=data.to_dict(),
-        config=asdict(config), config_hash=config_hash(data, config),
+        model, path, binary=dataset.binary, valid_accuracy=valid_accuracy, dataset=context.dataset_key,
+        config=asdict(config),
     )  # fmt: skip
-    run.log(
-        "extractor", extractor="lenet", valid_accuracy=valid_accuracy, train_images=len(train),
-        seconds=round(time.perf_counter() - started, 1), checkpoint=str(path),
+    logger.info("[extractor] FID-LeNet validation accuracy %.4f; wrote %s", valid_accuracy, path)
+    record = dict(
+        valid_accuracy=valid_accuracy, train_images=len(train), seconds=round(time.perf_counter() - started, 1),
+        checkpoint=str(path),
     )  # fmt: skip
-    return path
+    return path, record
 
 
-class LeNetExtractor:
+class LeNetExtractor(FeatureExtractor):
     name = "lenet"
+    trainable = True
 
-    def __init__(self, config: LeNetConfig, *, run=None):
+    def __init__(self, config: LeNetConfig, *, context: ExtractorContext | None = None):
         self.config = config
-        self.path = lenet_checkpoint_path(run, config)
-        self.device = resolve_device(config.device or (str(run.device) if run is not None else "auto"))
+        self.context = context
+        self.path = lenet_checkpoint_path(context, config)
+        self.device = resolve_device(config.device or (str(context.device) if context is not None else "auto"))
         self.model: LeNet | None = None
-        self.fingerprint = ""
-        self.valid_accuracy: float | None = None
         if self.path.is_file():
             self._load()
 
@@ -239,11 +225,18 @@ class LeNetExtractor:
         self.fingerprint = payload["weights_digest"]
         self.valid_accuracy = payload.get("valid_accuracy")
 
-    def prepare(self, run, *, force: bool = False) -> None:
-        """Train the classifier on the run's dataset if its checkpoint is missing (or `force`), then load it."""
-        if self.model is None or force:
-            ensure_lenet(run, self.config, force=force)
-            self._load()
+    def prepare(self, *, force: bool = False) -> dict | None:
+        """Train the classifier on the context's dataset if its checkpoint is missing (or `force`), then load it."""
+        if self.model is not None and not force:
+            return None
+        if self.context is None:
+            raise FileNotFoundError(
+                f"no FID-LeNet checkpoint at {str(self.path)!r}, and no dataset to train one on: build the "
+                "extractor with a context (npdraw_core.fid.build_feature_extractor does)"
+            )
+        _, record = ensure_lenet(self.context, self.config, force=force)
+        self._load()
+        return record
 
     @torch.inference_mode()
     def features(self, images: Tensor) -> Tensor:
