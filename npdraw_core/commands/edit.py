@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from npdraw_core.commands import add_run_arguments, run_from_args
-from npdraw_core.data import to_unit
-from npdraw_core.editing import Region, edit, save_edit_figure
 
 
 def register(subparsers) -> None:
@@ -12,15 +10,23 @@ def register(subparsers) -> None:
     add_run_arguments(parser)
     parser.add_argument("--a", type=int, nargs="+", default=[0, 1, 2, 3], help="test-set indices of images A")
     parser.add_argument("--b", type=int, nargs="+", default=[4, 5, 6, 7], help="test-set indices of images B")
-    parser.add_argument("--region", type=Region.parse, default=None,
+    parser.add_argument("--region", type=region, default=None,
                         help="top,left,height,width on the canvas (default: the right half)")
     parser.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/edit.png)")
     parser.set_defaults(handler=_edit)
 
 
+def region(text: str):
+    from npdraw_core.editing import Region  # imports torch: only when --region is given
+
+    return Region.parse(text)
+
+
 def _edit(args) -> None:
     if len(args.a) != len(args.b):
         raise ValueError(f"--a and --b must list the same number of images, got {len(args.a)} and {len(args.b)}")
+    from npdraw_core.data import to_unit
+    from npdraw_core.editing import Region, edit, save_edit_figure
     from npdraw_core.model_file import load_trained
 
     run = run_from_args(args)
