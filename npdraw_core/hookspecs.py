@@ -32,7 +32,8 @@ def npdraw_register_part_banks(register):
 
 @hookspec
 def npdraw_register_parsers(register):
-    """Register parsers. factory(config, *, shape) → `npdraw_core.interfaces.Parser`: images → hard latents."""
+    """Register parsers. factory(config, *, shape) → a subclass of `npdraw_core.interfaces.Parser`: images
+    → hard latents."""
 
 
 @hookspec
