@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,12 @@ def finished_run(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_run_writes_every_artefact(finished_run):
-    for name in ["config.yaml", "bank.pt", "parses.pt", "parses.png", "prior.pt", "model.pt", "model_last.pt"]:
+    for name in ["config.yaml", "artefacts.json", "parses.png", "model.pt", "model_last.pt"]:
         assert (finished_run / name).is_file(), name
+    # bank, parses and prior live in the stage cache shared by runs; the run records which it used
+    used = json.loads((finished_run / "artefacts.json").read_text())
+    assert sorted(used) == ["bank", "parses", "prior"]
+    assert all(Path(artefact["path"]).is_file() for artefact in used.values())
     assert sorted(p.name for p in (finished_run / "samples").glob("*.png")) == ["epoch_000.png", "epoch_001.png"]
     stages = [record["stage"] for record in read_metrics(finished_run / "metrics.jsonl")]
     assert {"bank", "parse", "prior", "train", "eval", "run"} <= set(stages)
