@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from npdraw_core.checkpoint import load_checkpoint, save_checkpoint
-from npdraw_core.config import check_at_least, config_hash
+from npdraw_core.config import check_at_least
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import MedoidEngine
 
@@ -200,34 +200,3 @@ def build_bank(images: Tensor, grid: Grid, engine: MedoidEngine, config: PartBan
         "build_seconds": time.perf_counter() - started,
     }
     return PartBank(exemplars, metadata)
-
-
-def bank_config_hash(run) -> str:
-    model = run.config.model
-    return config_hash(run.config.data, model.canvas_size, model.patch_size, model.part_bank)
-
-
-def ensure_bank(run) -> PartBank:
-    """Pipeline stage 1: the run's part bank, built from the training split unless `bank.pt` matches."""
-    from npdraw_core.data import canvas_images
-
-    expected = bank_config_hash(run)
-    payload = run.current("bank.pt", expected)
-    if payload is not None:
-        bank = PartBank.from_dict(payload)
-        print(f"[bank] {run.path('bank.pt')} matches the config; skipping", flush=True)
-        return bank
-    chosen = run.config.model.part_bank
-    engine = run.build("part_bank", chosen)
-    images = canvas_images(run.dataset.load("train"), run.config.model.canvas_size)
-    bank = build_bank(images, run.grid, engine, chosen.config)
-    bank.metadata["engine"] = chosen.type
-    bank.save(run.path("bank.pt"), expected)
-    run.log(
-        "bank",
-        **{
-            k: bank.metadata[k]
-            for k in ("engine", "bank_size", "patch_size", "num_patches", "objective", "build_seconds")
-        },
-    )
-    return bank

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,30 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"refusing to load {str(path)!r}: it holds objects other than tensors and plain data, and loading it "
             f"could execute code ({error}). Only load checkpoints written by npdraw or another trusted source."
         ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:  # truncated, empty or not a torch file
+        raise CheckpointError(
+            f"cannot read {str(path)!r}: it is damaged or not a checkpoint ({type(error).__name__}: {error}). "
+            "A truncated file usually means a full disk or a copy that stopped early"
+        ) from error
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(payload).__name__}, not an npdraw checkpoint (a dict)")
+    return payload
+
+
+def archive(path: str | Path, tag: str | None = None) -> Path:
+    """Move a file that must not be overwritten to `stale/` beside it (never delete a result)."""
+    path = Path(path)
+    tag = tag or time.strftime("%Y%m%d-%H%M%S")
+    target = path.parent / "stale" / f"{path.stem}-{tag}{path.suffix}"
+    target.parent.mkdir(exist_ok=True)
+    os.replace(path, target)
+    return target
 
 
 def append_metrics(path: str | Path, record: dict[str, Any]) -> None:

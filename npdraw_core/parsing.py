@@ -6,7 +6,6 @@ Parses are stored compactly as integer arrays per image and step: `what` (int16 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 from pathlib import Path
@@ -16,8 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from npdraw_core.bank import PartBank
-from npdraw_core.checkpoint import atomic_write_bytes, save_checkpoint
-from npdraw_core.config import config_hash
+from npdraw_core.checkpoint import atomic_write_bytes
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import SPLITS, Parser
 from npdraw_core.latents import Latents, render
@@ -120,51 +118,30 @@ def save_parse_figure(images: Tensor, rendered: Tensor, path: str | Path, num: i
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def bank_digest(bank: PartBank | Tensor) -> str:
-    """Content hash of the exemplars: parses depend on the exact bank, not only on its config."""
-    exemplars = _exemplars(bank).detach().cpu().float().contiguous()
-    return hashlib.sha256(exemplars.numpy().tobytes()).hexdigest()[:16]
-
-
-def ensure_parses(run, bank: PartBank, *, render_batch: int = 10000) -> dict:
-    """Pipeline stage 2: parse train/valid/test with the run's parser unless `parses.pt` matches.
-
-    Returns (and saves) {"config_hash", "bank_size", "num_steps", "metrics": {split: {...}},
-    "train"|"valid"|"test": {"what", "where", "whether"}}.
-    """
+def parse_splits(
+    parser: Parser, dataset, bank: PartBank, grid: Grid, *, canvas_size: int, device: torch.device,
+    figure_path: str | Path, record, render_batch: int = 10000,
+) -> dict:  # fmt: skip
+    """Parse train/valid/test of `dataset` with `parser`; returns {"bank_size", "num_steps", "metrics":
+    {split: parse PSNR and draw fraction}, "train"|"valid"|"test": {"what", "where", "whether"}} and
+    writes images beside their parses (test split) to `figure_path`. `record(stage, **metrics)` logs."""
     from npdraw_core.data import canvas_images
 
-    model = run.config.model
-    expected = config_hash(
-        run.config.data, model.canvas_size, model.patch_size, model.parser, bank_digest(bank)
-    )
-    payload = run.current("parses.pt", expected)
-    if payload is not None:
-        print(f"[parse] {run.path('parses.pt')} matches the config and bank; skipping", flush=True)
-        return payload
-    dataset, grid = run.dataset, run.grid
-    parser = run.build("parser", model.parser, shape=run.model_shape(bank.bank_size))
-    payload = {
-        "config_hash": expected,
-        "bank_size": bank.bank_size,
-        "num_steps": grid.num_cells,
-        "metrics": {},
-    }
+    payload = {"bank_size": bank.bank_size, "num_steps": grid.num_cells, "metrics": {}}
     for split in SPLITS:
-        images = canvas_images(dataset.load(split), model.canvas_size)
-        indices = parse_images(parser, images, bank, device=run.device, desc=f"parse {split}")
+        images = canvas_images(dataset.load(split), canvas_size)
+        indices = parse_images(parser, images, bank, device=device, desc=f"parse {split}")
         mse = []
         for start in range(0, len(images), render_batch):  # bounded memory for large splits
             part = {name: values[start : start + render_batch] for name, values in indices.items()}
-            rendered = render_parses(part, bank, grid, device=run.device)
+            rendered = render_parses(part, bank, grid, device=device)
             mse.append(per_image_mse(images[start : start + render_batch], rendered))
             if split == "test" and start == 0:
-                save_parse_figure(images, rendered, run.path("parses.png"))
+                save_parse_figure(images, rendered, figure_path)
         metrics = {**psnr_from_mse(torch.cat(mse)), "draw_fraction": float(indices["whether"].float().mean())}
         payload[split] = indices
         payload["metrics"][split] = metrics
-        run.log("parse", split=split, **metrics)
-    save_checkpoint(payload, run.path("parses.pt"))
+        record("parse", split=split, **metrics)
     return payload
 
 
