@@ -19,7 +19,13 @@ from npdraw_core.config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+# the run configs in configs/ (they have a data or model section; Tune search spaces and the Serve
+# deployment file live there too)
+CONFIGS = [
+    path
+    for path in sorted((REPO / "configs").glob("*.yaml"))
+    if {"data", "model"} & set(yaml.safe_load(path.read_text()) or {})
+]
 
 
 def write_yaml(tmp_path, data) -> Path:
