@@ -1,0 +1,144 @@
+"""The HTTP API, as a plain FastAPI app built from a catalog and a sampler backend.
+
+`create_app` needs no Ray: tests drive it with TestClient, `npdraw serve --no-ray` runs it under uvicorn,
+and the Serve ingress deployment returns it from `__serve_build_asgi_app__`. Routes:
+
+    POST /v1/samples              sample images (formats png, png_grid, npz, json)
+    GET  /v1/models               served models: dataset, shapes, bank size, training metrics
+    GET  /v1/health               200 when the sampler can sample, else 503
+    GET  /v1/bank/{model}.png     a model's part bank
+    GET  /metrics                 Prometheus text (only when given a prometheus registry: --no-ray)
+
+Client mistakes are 4xx with a message naming the field: 422 invalid input, 404 unknown model, 429 (with
+Retry-After) when the sampler is overloaded. A 500 means a bug in npdraw.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route's body type from its annotation at
+# run time, and the request model is a local of create_app (its cap is a setting).
+import asyncio
+import logging
+import math
+import secrets
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from npdraw_serving.backend import Overloaded, SampleJob, SamplerBackend
+from npdraw_serving.catalog import ModelCatalog, ModelRequired, UnknownModel
+from npdraw_serving.encoding import MEDIA_TYPES, encode
+from npdraw_serving.metrics import Metrics
+from npdraw_serving.options import ServeOptions
+from npdraw_serving.schemas import MAX_SEED, sample_request_model
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    catalog: ModelCatalog,
+    backend: SamplerBackend,
+    options: ServeOptions,
+    metrics: Metrics | None = None,
+    *,
+    prometheus_registry=None,
+) -> FastAPI:
+    app = FastAPI(title="npdraw sampling service", version="1")
+    SampleRequest = sample_request_model(options.max_samples)
+    _add_error_handlers(app)
+    if metrics is not None:
+        _add_metrics_middleware(app, metrics)
+    if prometheus_registry is not None:
+        from prometheus_client import make_asgi_app
+
+        app.mount("/metrics", make_asgi_app(registry=prometheus_registry))
+
+    @app.post("/v1/samples")
+    async def samples(request: SampleRequest) -> Response:  # type: ignore[valid-type]
+        entry = catalog.resolve(request.model)
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
+        job = SampleJob(entry.name, seed, request.num_samples, request.temperature, request.top_k)
+        result = await backend.sample(job)
+        # PNG/zip encoding of up to max_samples images: off the event loop, which serves other requests.
+        body = await asyncio.to_thread(encode, request.format, job, result, entry, request.return_latents)
+        if metrics is not None:
+            metrics.count_images(entry.name, request.format, job.num_samples)
+        headers = {
+            "X-Npdraw-Model": entry.name,
+            "X-Npdraw-Seed": str(seed),
+            "X-Npdraw-Num-Samples": str(job.num_samples),
+            "X-Npdraw-Batch-Images": str(result.batch_images),
+        }
+        if request.format == "npz":
+            headers["Content-Disposition"] = f'attachment; filename="{entry.name}-{seed}.npz"'
+        return Response(body, media_type=MEDIA_TYPES[request.format], headers=headers)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"models": [entry.describe() for entry in catalog.entries.values()]}
+
+    @app.get("/v1/health")
+    async def health() -> JSONResponse:
+        try:
+            details = await backend.health()
+        except Overloaded:
+            raise
+        except Exception as error:  # the sampler cannot sample: that is the answer, not a crash
+            logger.warning("health check failed: %s", error)
+            return JSONResponse({"status": "unhealthy", "detail": str(error)}, status_code=503)
+        return JSONResponse({"status": "ok", "models": catalog.names, **details})
+
+    @app.get("/v1/bank/{model}.png")
+    async def bank(model: str) -> Response:
+        return Response(catalog.resolve(model).bank_png(), media_type="image/png")
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        # Our own body: FastAPI's default echoes the input, and a NaN input cannot be written as JSON.
+        detail = [
+            {"field": _field(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
+            for e in error.errors()
+        ]
+        message = "; ".join(f"{d['field']}: {d['message']}" for d in detail)
+        return JSONResponse({"detail": detail, "message": message}, status_code=422)
+
+    @app.exception_handler(UnknownModel)
+    async def unknown_model(_: Request, error: UnknownModel) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=404)
+
+    @app.exception_handler(ModelRequired)
+    async def model_required(_: Request, error: ModelRequired) -> JSONResponse:
+        return JSONResponse({"detail": [{"field": "model", "message": str(error)}], "message": str(error)}, 422)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, error: Overloaded) -> JSONResponse:
+        headers = {} if error.retry_after_s is None else {"Retry-After": str(math.ceil(error.retry_after_s))}
+        return JSONResponse({"detail": f"overloaded, retry later: {error}"}, status_code=429, headers=headers)
+
+
+def _field(loc: tuple | list) -> str:
+    """('body', 'num_samples') → 'num_samples'; the whole body → 'body'."""
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] == "body" and not isinstance(loc[-1], int) else []
+    return ".".join(parts) or "body"
+
+
+def _add_metrics_middleware(app: FastAPI, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            # The route template (/v1/bank/{model}.png), never the raw path: bounded label values.
+            name = getattr(route, "path", None) or ("/metrics" if request.url.path.startswith("/metrics") else "unmatched")
+            if name != "/metrics":
+                metrics.observe_request(name, status, time.perf_counter() - start)

@@ -1,0 +1,179 @@
+"""The sampler behind the HTTP app: what a request asks of a model, what comes back, and two backends.
+
+The FastAPI app (`npdraw_serving.api`) only sees the `SamplerBackend` interface: `LocalSampler` here runs the
+models in the serving process (tests, `npdraw serve --no-ray`); `npdraw_serving.deployments` forwards to a
+Ray Serve sampler deployment that merges requests into batches. Both run jobs through `run_jobs`, so a
+result never depends on which backend, or which batch, produced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from npdraw_core.model import NPDraw
+    from npdraw_serving.catalog import ModelCatalog
+    from npdraw_serving.metrics import Metrics
+    from npdraw_serving.options import ServeOptions
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """One request's work: `num_samples` images of `model`, sample i from seed + i."""
+
+    model: str
+    seed: int
+    num_samples: int
+    temperature: float = 1.0
+    top_k: int | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.num_samples))
+
+
+@dataclass
+class SampleResult:
+    images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    canvases: np.ndarray  # (N, C, S, S) float32
+    whether: np.ndarray  # (N, T) bool
+    what: np.ndarray  # (N, T) int64, exemplar index per step
+    where: np.ndarray  # (N, T) int64, cell index per step
+    batch_images: int  # images in the model call that produced this (shows batching at work)
+
+
+class Overloaded(Exception):
+    """The sampler's queue is full: the client should retry after `retry_after_s` (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after_s: float | None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SamplerBackend(Protocol):
+    async def sample(self, job: SampleJob) -> SampleResult: ...
+
+    async def health(self) -> dict[str, Any]:
+        """Details when the sampler can sample; raises when it cannot."""
+        ...
+
+
+def images_in(jobs: list[SampleJob]) -> int:
+    """A batch's size for `@serve.batch`: images, not requests."""
+    return sum(job.num_samples for job in jobs)
+
+
+def run_jobs(model: NPDraw, jobs: list[SampleJob]) -> list[SampleResult]:
+    """Jobs for one model, merged into as few model calls as their sampling options allow.
+
+    Per-sample generators (`generators_for`) make sample i of a job bit-identical whatever else shares its
+    call; jobs with different temperature / top_k cannot share one, so they are grouped by those.
+    """
+    from npdraw_core.sampling import generators_for
+
+    results: list[SampleResult | None] = [None] * len(jobs)
+    groups: dict[tuple[float, int | None], list[int]] = {}
+    for index, job in enumerate(jobs):
+        groups.setdefault((job.temperature, job.top_k), []).append(index)
+    for (temperature, top_k), members in groups.items():
+        seeds = [seed for i in members for seed in jobs[i].seeds]
+        images, canvases, latents = model.sample(
+            len(seeds), generator=generators_for(seeds), temperature=temperature, top_k=top_k
+        )
+        indices = latents.indices()
+        arrays = {
+            "images": images.float().cpu().numpy(),
+            "canvases": canvases.float().cpu().numpy(),
+            "whether": indices["whether"].bool().cpu().numpy(),
+            "what": indices["what"].cpu().numpy(),
+            "where": indices["where"].cpu().numpy(),
+        }
+        start = 0
+        for i in members:
+            stop = start + jobs[i].num_samples
+            results[i] = SampleResult(**{k: v[start:stop] for k, v in arrays.items()}, batch_images=len(seeds))
+            start = stop
+    return results  # type: ignore[return-value]
+
+
+def check_can_sample(model: NPDraw) -> None:
+    """Raise unless the model draws a finite image in [0, 1] (the health check; cheap: one bulk sample)."""
+    import torch
+
+    images, _, _ = model.sample(1, generator=torch.Generator().manual_seed(0))
+    if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise RuntimeError("the model sampled non-finite or out-of-range pixels")
+
+
+def load_model(path: str, device: str, metrics: Metrics | None, name: str) -> NPDraw:
+    from npdraw_core.model_file import load_trained
+
+    start = time.perf_counter()
+    model = load_trained(path, device=device)
+    if metrics is not None:
+        metrics.observe_model_load(name, time.perf_counter() - start)
+    return model
+
+
+class ModelPool:
+    """Loaded models, least recently used evicted beyond `capacity` (the no-Ray twin of Serve's
+    multiplexing). Not thread-safe: `LocalSampler` calls it from one worker at a time."""
+
+    def __init__(self, catalog: ModelCatalog, *, capacity: int, device: str, metrics: Metrics | None = None):
+        self.catalog, self.capacity, self.device, self.metrics = catalog, capacity, device, metrics
+        self.models: OrderedDict[str, NPDraw] = OrderedDict()
+
+    def get(self, name: str) -> NPDraw:
+        if name in self.models:
+            self.models.move_to_end(name)
+            return self.models[name]
+        model = load_model(str(self.catalog.entries[name].path), self.device, self.metrics, name)
+        self.models[name] = model
+        while len(self.models) > self.capacity:
+            self.models.popitem(last=False)
+        return model
+
+
+class LocalSampler:
+    """Runs jobs one at a time in a worker thread of this process (the event loop keeps serving other
+    requests meanwhile); beyond `max_queued` waiting jobs, new ones are refused with `Overloaded`, like
+    Serve's `max_queued_requests`. No batching: that is what the Ray deployment adds."""
+
+    def __init__(self, catalog: ModelCatalog, options: ServeOptions, metrics: Metrics | None = None):
+        sampler = options.sampler
+        self.pool = ModelPool(catalog, capacity=sampler.max_models_per_replica, device=options.device, metrics=metrics)
+        self.catalog, self.metrics = catalog, metrics
+        self.max_queued, self.retry_after_s = sampler.max_queued_requests, sampler.retry_after_s
+        self.waiting = 0
+        self.lock = asyncio.Lock()
+
+    async def sample(self, job: SampleJob) -> SampleResult:
+        if self.lock.locked() and 0 <= self.max_queued <= self.waiting:
+            raise Overloaded(f"{self.waiting} requests are already waiting for the sampler", self.retry_after_s)
+        self.waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1  # also when the client went away while waiting
+        try:
+            return await asyncio.to_thread(self._run, job)
+        finally:
+            self.lock.release()
+
+    def _run(self, job: SampleJob) -> SampleResult:
+        [result] = run_jobs(self.pool.get(job.model), [job])
+        if self.metrics is not None:
+            self.metrics.observe_batch(result.batch_images)
+        return result
+
+    async def health(self) -> dict[str, Any]:
+        async with self.lock:
+            names = list(self.pool.models) or self.catalog.names[:1]
+            await asyncio.to_thread(lambda: [check_can_sample(self.pool.get(name)) for name in names])
+        return {"checked_models": names}
