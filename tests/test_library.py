@@ -16,7 +16,15 @@ import torch
 from npdraw_core.checkpoint import CheckpointError, load_checkpoint
 from npdraw_core.loop import StopTraining
 from npdraw_core.model_file import FORMAT_VERSION, load_trained, read_model_file
-from npdraw_core.pipeline import bank_key, bank_stage, parse_stage, parses_key, prior_key, prior_stage, run_pipeline
+from npdraw_core.pipeline import (
+    bank_key,
+    bank_stage,
+    parse_stage,
+    parses_key,
+    prior_key,
+    prior_stage,
+    run_pipeline,
+)
 from npdraw_core.run import Run
 from npdraw_core.sampling import generators_for
 from npdraw_core.training import train_model
