@@ -14,12 +14,11 @@ import torch
 from PIL import Image
 
 from npdraw_core.bank import PartBank
-from npdraw_core.checkpoint import read_metrics
+from npdraw_core.checkpoint import load_checkpoint, read_metrics
 from npdraw_core.data import canvas_images
 from npdraw_core.evaluation import negative_log_likelihood
 from npdraw_core.parsing import render_parses
-from npdraw_core.pipeline import run_pipeline
-from npdraw_core.prior_training import ensure_prior
+from npdraw_core.pipeline import bank_key, parses_key, prior_stage, run_pipeline
 from npdraw_core.run import Run
 from npdraw_core.training import build_model
 
@@ -83,10 +82,10 @@ def cifar_run(tmp_path_factory) -> tuple[Run, dict]:
 @pytest.mark.shared_data
 def test_cifar10_bank_and_parses_keep_the_colours(cifar_run):
     run, _ = cifar_run
-    bank = PartBank.load(run.path("bank.pt"))
+    bank = PartBank.load(run.cache.path("bank", bank_key(run.config)))
     assert bank.exemplars.shape == (32, 3, 4, 4)
     assert channel_spread(bank.exemplars) > 0.05  # coloured parts, not grey ones
-    parses = torch.load(run.path("parses.pt"), weights_only=True)
+    parses = load_checkpoint(run.cache.path("parses", parses_key(run.config)))
     test = canvas_images(run.dataset.load("test"), 32)[:200]
     rendered = render_parses({k: v[:200] for k, v in parses["test"].items()}, bank, run.grid)
     # The parse is a colour copy: its colours (each pixel minus its grey level) follow the image's, and
@@ -106,8 +105,8 @@ def test_cifar10_pipeline_reports_bits_per_dim_of_a_trained_mixture(cifar_run):
     assert epochs[1]["valid_neg_elbo"] < epochs[0]["valid_neg_elbo"]
     # The same model before training scores the same test images about 9 bits/dim (a logistic of scale 1
     # on [-1, 1]); a few steps of training must already fit the colours better.
-    bank = PartBank.load(run.path("bank.pt"))
-    prior, _ = ensure_prior(run, bank, torch.load(run.path("parses.pt"), weights_only=True))
+    bank = PartBank.load(run.cache.path("bank", bank_key(run.config)))
+    prior, _ = prior_stage(run, bank, load_checkpoint(run.cache.path("parses", parses_key(run.config))))
     untrained = build_model(run, bank.exemplars, prior)
     test = run.dataset.load("test").subset(torch.arange(NUM_TEST_IMAGES))
     before = negative_log_likelihood(untrained, test, binary=False, num_samples=2, batch_size=NUM_TEST_IMAGES)
@@ -149,7 +148,7 @@ def test_celeba_64_pixel_images_on_a_32_pixel_canvas(tmp_path):
     )
     assert run.dataset.image_size == 64 and run.dataset.channels == 3
     results = run_pipeline(run)
-    parses = torch.load(run.path("parses.pt"), weights_only=True)
+    parses = load_checkpoint(run.cache.path("parses", parses_key(run.config)))
     assert parses["train"]["what"].shape == (300, 64)  # 8×8 cells of the 32×32 canvas
     assert parses["metrics"]["test"]["psnr_mean"] > 18.0
     assert results["bits_per_dim"] == pytest.approx(results["nll_nats"] / (3 * 64 * 64 * math.log(2)))
