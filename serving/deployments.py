@@ -67,7 +67,11 @@ class Sampler:
         self.sample_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
         self.lock = asyncio.Lock()  # batching off: one model call at a time, like one batch at a time
         # Multiplexing wired at init, because the LRU size is a setting (Serve detects it on the instance).
-        self.get_model = serve.multiplexed(max_num_models_per_replica=sampler.max_models_per_replica)(self._load)
+        # (A plain function: Serve stores its LRU cache on the decorated object, which a bound method refuses.)
+        async def load(model_id: str):
+            return await self._load(model_id)
+
+        self.get_model = serve.multiplexed(max_num_models_per_replica=sampler.max_models_per_replica)(load)
         # Load and try the first model now: a model that cannot sample fails the deployment at start, and
         # the first request does not pay the load.
         self.last_model = next(iter(self.paths))
