@@ -49,10 +49,14 @@ def path_field(default: Any = dataclasses.MISSING) -> Any:
 
 
 def check_at_least(config: object, minimum: float, *names: str) -> None:
-    """Each named field must be ≥ `minimum` (None passes: it means "not set")."""
+    """Each named field must be a finite number ≥ `minimum` (None passes: it means "not set")."""
     for name in names:
         value = getattr(config, name)
-        if value is not None and value < minimum:
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number (at least {minimum}), got {value!r}")
+        if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
 
 
@@ -69,6 +73,19 @@ def check_finite(config: object, *names: str) -> None:
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+STAGES = ("bank", "parse", "prior", "train", "eval")  # the pipeline's stages, in order
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both accept it; stages derive their seeds from it
+
+
+def check_device_name(name: str) -> None:
+    """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` (whether this machine has it is checked when a run starts)."""
+    kind, sep, index = str(name).partition(":")
+    if name == "auto" or (kind in DEVICE_TYPES and (not sep or (index.isdigit() and kind != "cpu"))):
+        return
+    raise ValueError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -180,6 +197,16 @@ class RunConfig:
     prior_training: PriorTrainingConfig = field(default_factory=PriorTrainingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name:
+            raise ValueError(f"name must be a folder name (no '/', not '.' or '..'), got {self.name!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        check_device_name(self.device)
+        unknown = [stage for stage in self.stages if stage not in STAGES]
+        if unknown:
+            raise ValueError(f"stages {unknown} are not stages; stages are {', '.join(STAGES)} (in that order)")
 
     @property
     def run_dir(self) -> Path:

@@ -53,6 +53,10 @@ class Progress:
         return self.epoch + 1 >= schedule.epochs or stalled
 
 
+CHECKPOINT_KEYS = ("epoch", "best", "best_epoch", "stale_epochs", "complete", "state_dict", "best_state_dict",
+                   "optimizer", "generators", "torch_rng")  # fmt: skip
+
+
 def check_training_checkpoint(payload: dict, path: str | Path) -> dict:
     if payload.get("format") != FORMAT or payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
@@ -60,6 +64,9 @@ def check_training_checkpoint(payload: dict, path: str | Path) -> dict:
             f"(found format {payload.get('format')!r}, version {payload.get('format_version')!r}); "
             "move it away to train from scratch"
         )
+    missing = [key for key in CHECKPOINT_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} is an incomplete training checkpoint: it lacks {', '.join(missing)}")
     return payload
 
 

@@ -28,6 +28,32 @@ FORMAT, FORMAT_VERSION = "npdraw-model", 1
 MODEL_FILE = "model.pt"
 
 
+REQUIRED = ("config", "shape", "bank", "state_dict")
+RECOVERY = (
+    "To recover: when {last} is intact, `npdraw train CONFIG` writes the model file again from it (the damaged "
+    "file is moved to stale/); otherwise train again, or copy the model file from a backup"
+)
+
+
+def check_model_file(payload: dict, path: str | Path) -> None:
+    """A loaded dict is a model file of this format version with every entry (else CheckpointError)."""
+    if payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not an npdraw model file (no {FORMAT!r} format marker)")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has model-file format version {version!r}; this npdraw reads version {FORMAT_VERSION}. "
+            "Re-train with this version (`npdraw train`) or load it with the npdraw that wrote it"
+        )
+    missing = [key for key in REQUIRED if key not in payload]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} is an incomplete model file: it lacks {', '.join(missing)}")
+    if not isinstance(payload["config"], dict) or not isinstance(payload["shape"], dict):
+        raise CheckpointError(f"{str(path)!r}: its config and shape must be mappings")
+    if not isinstance(payload["bank"], torch.Tensor) or not isinstance(payload["state_dict"], dict):
+        raise CheckpointError(f"{str(path)!r}: its bank must be a tensor and its state_dict a mapping")
+
+
 def model_payload(model: NPDraw, config: RunConfig, shape: ModelShape, **info: Any) -> dict[str, Any]:
     """The plain dict a model file holds; `info` adds e.g. the epoch and its validation metrics."""
     return {
@@ -81,24 +107,16 @@ def read_model_file(path_or_run_dir: str | Path, *, registry: Registry | None = 
             f"no model file at {str(path)!r}; train one with `npdraw run CONFIG` (or `npdraw train`), "
             "then pass the run directory or its model.pt"
         )
-    payload = load_checkpoint(path)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not an npdraw model file (no {FORMAT!r} format marker)")
-    version = payload.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{str(path)!r} has model-file format version {version!r}; this npdraw reads version {FORMAT_VERSION}. "
-            "Re-train with this version (`npdraw train`) or load it with the npdraw that wrote it"
-        )
-    missing = [key for key in ("config", "shape", "bank", "state_dict") if key not in payload]
-    if missing:
-        raise CheckpointError(f"{str(path)!r} is an incomplete model file: it lacks {', '.join(missing)}")
+    try:
+        payload = load_checkpoint(path, check=check_model_file)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}. {RECOVERY.format(last=path.with_name('model_last.pt'))}") from error
     try:
         config = load_config(payload["config"], registry=registry or default_registry())
         shape = ModelShape(**payload["shape"])
     except (ConfigError, PluginError, UnknownComponentError, TypeError) as error:
         raise CheckpointError(f"{str(path)!r}: its config or shape cannot be used here: {error}") from error
-    info = {k: v for k, v in payload.items() if k not in ("config", "shape", "bank", "state_dict")}
+    info = {k: v for k, v in payload.items() if k not in REQUIRED}
     return ModelFile(path, config, shape, payload["bank"], payload["state_dict"], info)
 
 

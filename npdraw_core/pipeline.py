@@ -15,15 +15,16 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from npdraw_core.bank import PartBank, build_bank
-from npdraw_core.checkpoint import load_checkpoint, save_checkpoint
-from npdraw_core.config import RunConfig, config_hash
+from npdraw_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from npdraw_core.config import STAGES, RunConfig, config_hash
 from npdraw_core.interfaces import Prior
-from npdraw_core.loop import EpochCallback
+from npdraw_core.loop import EpochCallback, check_training_checkpoint
 from npdraw_core.run import Run
 
 log = logging.getLogger(__name__)
-STAGES = ("bank", "parse", "prior", "train", "eval")
 
 
 # -- cache keys: exactly what determines each artefact ---------------------------------------------------
@@ -64,7 +65,7 @@ def bank_stage(run: Run) -> PartBank:
         run.log("bank", **{k: bank.metadata[k] for k in shown})
         return bank.to_dict(key)
 
-    payload = _cached(run, "bank", key, compute)
+    payload = _cached(run, "bank", key, compute, required=("exemplars",), check=_check_bank)
     return PartBank.from_dict(payload)
 
 
@@ -85,7 +86,7 @@ def parse_stage(run: Run, bank: PartBank) -> dict:
         save_checkpoint(payload, path)
         return payload
 
-    payload = _cached(run, "parses", key, compute)
+    payload = _cached(run, "parses", key, compute, required=("train", "valid", "test", "metrics"))
     if figure.is_file():
         shutil.copyfile(figure, run.path("parses.png"))
     return payload
@@ -103,7 +104,10 @@ def prior_stage(run: Run, bank: PartBank, parses: dict) -> tuple[Prior, str]:
         train_prior(run, bank, parses, checkpoint=path, stage_hash=key, resume_from=start)
         return load_checkpoint(path)
 
-    payload = _cached(run, "prior", key, compute, done=lambda payload: payload["complete"])
+    payload = _cached(
+        run, "prior", key, compute, required=("complete", "best_state_dict"), check=check_training_checkpoint,
+        done=lambda payload: payload["complete"],
+    )
     prior = build_prior(run, bank)
     prior.load_state_dict(payload["best_state_dict"])
     return prior.eval(), key
@@ -118,14 +122,38 @@ def _shorter_schedule(run: Run, key: str) -> dict | None:
         if shorter < int(epochs):
             candidates.append((shorter, path))
     for _, path in sorted(candidates, reverse=True):
-        payload = run.cache.load("prior", path.stem)
+        check = _entry_check("prior", path.stem, "complete", "best_state_dict", check=check_training_checkpoint)
+        payload = run.cache.load("prior", path.stem, check)
         if payload is not None and payload.get("complete"):
             log.info("[prior] continuing from %s (a shorter schedule of the same settings)", path)
             return payload
     return None
 
 
-def _cached(run: Run, kind: str, key: str, compute, **options) -> dict:
+def _entry_check(kind: str, key: str, *required: str, check=None):
+    """A check of a stored stage artefact: its keys, its own check, and that it was made for `key` (a
+    file copied or renamed into the cache is not trusted). A failing entry is set aside and recomputed."""
+
+    def check_entry(payload: dict, path: Path) -> None:
+        missing = [name for name in (*required, "config_hash") if name not in payload]
+        if missing:
+            raise CheckpointError(f"{str(path)!r} is not a complete {kind} artefact: it lacks {', '.join(missing)}")
+        if check is not None:
+            check(payload, path)
+        if payload["config_hash"] != key:
+            raise CheckpointError(f"{str(path)!r} was made for key {payload['config_hash']!r}, not {key!r}")
+
+    return check_entry
+
+
+def _check_bank(payload: dict, path: Path) -> None:
+    exemplars = payload["exemplars"]
+    if not isinstance(exemplars, torch.Tensor) or exemplars.dim() != 4 or not len(exemplars):
+        raise CheckpointError(f"{str(path)!r}: 'exemplars' is not a (bank_size, C, K, K) tensor")
+
+
+def _cached(run: Run, kind: str, key: str, compute, *, required: tuple[str, ...] = (), check=None, **options) -> dict:
+    options["check"] = _entry_check(kind, key, *required, check=check)
     payload, computed = run.cache.get_or_compute(kind, key, compute, **options)
     if not computed:
         log.info("[%s] %s matches the config; skipping", kind, run.cache.path(kind, key))
@@ -148,20 +176,21 @@ def run_pipeline(run: Run, stages: list[str] | None = None, *, on_epoch: EpochCa
 
     stages = stages_up_to(list(stages if stages is not None else run.config.stages))
     started = time.perf_counter()
-    run.record_config()
-    results: dict = {}
-    bank = bank_stage(run) if stages else None
-    if "parse" in stages:
-        parses = parse_stage(run, bank)
-    if "prior" in stages:
-        prior, key = prior_stage(run, bank, parses)
-    if "train" in stages:
-        model = train_model(run, bank.exemplars, parses, prior, key, on_epoch=on_epoch)
-    if "eval" in stages:
-        from npdraw_core.evaluation import evaluate
+    with run.lock():  # one process at a time in a run directory (RunBusyError names the other one)
+        run.record_config()
+        results: dict = {}
+        bank = bank_stage(run) if stages else None
+        if "parse" in stages:
+            parses = parse_stage(run, bank)
+        if "prior" in stages:
+            prior, key = prior_stage(run, bank, parses)
+        if "train" in stages:
+            model = train_model(run, bank.exemplars, parses, prior, key, on_epoch=on_epoch)
+        if "eval" in stages:
+            from npdraw_core.evaluation import evaluate
 
-        results = evaluate(run, model)
-    run.log("run", stages=stages, seconds=time.perf_counter() - started)
+            results = evaluate(run, model)
+        run.log("run", stages=stages, seconds=time.perf_counter() - started)
     return results
 
 

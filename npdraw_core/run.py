@@ -8,17 +8,28 @@ settings); the run directory holds the resolved config, metrics, figures, the mo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from npdraw_core.checkpoint import append_metrics, archive, atomic_write_text, load_checkpoint
-from npdraw_core.config import ComponentConfig, RunConfig, load_config, write_config
+from npdraw_core.checkpoint import (
+    CheckpointError,
+    append_metrics,
+    archive,
+    atomic_write_text,
+    load_checkpoint,
+)
+from npdraw_core.config import ComponentConfig, RunConfig, check_device_name, load_config, write_config
 from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.interfaces import Dataset
 from npdraw_core.registry import Registry, default_registry
@@ -26,14 +37,28 @@ from npdraw_core.stage_cache import StageCache
 
 log = logging.getLogger(__name__)
 ARTEFACTS = "artefacts.json"
+LOCK_FILE = ".lock"  # in the run directory; holds "process PID (command line), since TIME" while locked
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
+class RunBusyError(RuntimeError):
+    """Another process is working in the run directory; the message names it."""
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The torch device for a device setting (`device:` or `--device`): auto, cpu, cuda, cuda:N, mps.
+    A device this machine does not have is a ValueError that says what it has."""
+    if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device_name(str(name))
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was requested but CUDA is not available here; use device=auto or cpu")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(name)!r}: CUDA is not available on this machine; use auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(name)!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(name)!r}: MPS is not available on this machine; use auto or cpu")
     return device
 
 
@@ -51,6 +76,7 @@ class Run:
         self.device = resolve_device(device or config.device)
         self.dir = config.run_dir
         self.cache = StageCache(cache_dir or Path(config.output_dir) / "cache")
+        self._lock_depth = 0
 
     @classmethod
     def from_file(cls, source: str | Path | dict | None, overrides: list[str] = (), **kwargs) -> Run:
@@ -96,15 +122,59 @@ class Run:
         used[kind] = {"key": key, "path": str(self.cache.path(kind, key))}
         atomic_write_text(path, json.dumps(used, indent=2) + "\n")
 
-    def current(self, name: str, config_hash: str) -> dict | None:
+    def current(self, name: str, config_hash: str, *, check=None) -> dict | None:
         """The run-directory artefact `name` if it exists and was made from `config_hash`; a mismatching
-        one is moved to stale/ so that the stage can recompute it without losing the old result."""
+        one is moved to stale/ so that the stage can recompute it without losing the old result, and so is
+        a damaged one (unreadable, or failing `check(payload, path)`), with a warning."""
         path = self.path(name)
         if not path.exists():
             return None
-        payload = load_checkpoint(path)
+        try:
+            payload = load_checkpoint(path, check=check)
+        except CheckpointError as error:
+            target = archive(path, "damaged-" + time.strftime("%Y%m%d-%H%M%S"))
+            log.warning("[run] %s could not be used (%s); moved it to %s and computing it again", path, error, target)
+            return None
         if payload.get("config_hash") == config_hash:
             return payload
         target = archive(path, payload.get("config_hash") or "unknown")
         log.info("[run] %s was made from another config; moved it to %s", name, target)
         return None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive use of the run directory by this process, for work that writes there (the stages).
+        A second process stops at once with `RunBusyError` naming the holder (its pid and command line,
+        written into the lock file); the kernel releases the lock when the holder exits, even by kill -9.
+        Re-entrant within a process."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        path = self.path(LOCK_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunBusyError(
+                    f"run directory {str(self.dir)!r} is in use by {holder}; wait for it to finish, or give "
+                    "this run another name (--set name=...)"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} ({' '.join(sys.argv) or 'python'}), since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+                handle.seek(0)
+                handle.truncate()  # the file stays (removing it would race with a waiting process)
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -23,6 +23,7 @@ from npdraw_core.checkpoint import CheckpointError, load_checkpoint
 log = logging.getLogger(__name__)
 
 Payload = dict[str, Any]
+Check = Callable[[Payload, Path], Any]
 
 
 class StageCache:
@@ -32,13 +33,14 @@ class StageCache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / f"{key}.pt"
 
-    def load(self, kind: str, key: str) -> Payload | None:
-        """The stored artefact, or None when there is none (a damaged one is moved aside first)."""
+    def load(self, kind: str, key: str, check: Check | None = None) -> Payload | None:
+        """The stored artefact, or None when there is none. A damaged one (unreadable, or failing
+        `check(payload, path)`, which raises CheckpointError) is moved aside first, never deleted."""
         path = self.path(kind, key)
         if not path.exists():
             return None
         try:
-            return load_checkpoint(path)
+            return load_checkpoint(path, check=check)
         except CheckpointError as error:
             damaged = path.with_name(f"{path.name}.damaged-{int(time.time())}")
             path.replace(damaged)
@@ -69,15 +71,17 @@ class StageCache:
         compute: Callable[[Path, Payload | None], Payload],
         *,
         done: Callable[[Payload], bool] = lambda payload: True,
+        check: Check | None = None,
     ) -> tuple[Payload, bool]:
         """The artefact (kind, key) and whether this call computed it. `compute(path, partial)` writes the
         artefact to `path` (atomically) and returns it; `partial` is a stored entry that is not `done` yet
-        (a checkpoint to resume), else None. Runs under the artefact's lock, after a re-check."""
-        payload = self.load(kind, key)
+        (a checkpoint to resume), else None. Runs under the artefact's lock, after a re-check. `check`
+        validates a stored entry (see `load`)."""
+        payload = self.load(kind, key, check)
         if payload is not None and done(payload):
             return payload, False
         with self.lock(kind, key):
-            payload = self.load(kind, key)  # another process may have finished it while we waited
+            payload = self.load(kind, key, check)  # another process may have finished it while we waited
             if payload is not None and done(payload):
                 return payload, False
             return compute(self.path(kind, key), payload), True

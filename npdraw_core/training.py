@@ -19,9 +19,9 @@ from npdraw_core.config import TrainingConfig, config_hash
 from npdraw_core.data import minibatch_indices, prepare_images
 from npdraw_core.interfaces import ImageSet
 from npdraw_core.latents import Latents
-from npdraw_core.loop import EpochCallback, Schedule, fit
+from npdraw_core.loop import EpochCallback, Schedule, check_training_checkpoint, fit
 from npdraw_core.model import NPDraw
-from npdraw_core.model_file import MODEL_FILE, save_model_file
+from npdraw_core.model_file import MODEL_FILE, check_model_file, save_model_file
 from npdraw_core.parsing import parse_latents
 from npdraw_core.posterior import parse_forcing_probability, temperature_at
 from npdraw_core.run import Run
@@ -73,7 +73,7 @@ def train_model(
         "data": torch.Generator().manual_seed(run.config.seed),
         "sample": torch.Generator(device=device).manual_seed(run.config.seed + 1),
     }
-    state = run.current(LAST, stage_hash)
+    state = run.current(LAST, stage_hash, check=check_training_checkpoint)  # damaged: set aside, retrained
     if state is None:
         run.current(BEST, stage_hash)  # a model file from another config is moved to stale/, not overwritten
     dataset = run.dataset
@@ -126,8 +126,10 @@ def train_model(
         generators=generators, seed=run.config.seed, record=run.log, resume_from=state,
         on_epoch=after_epoch, on_improved=write_model_file,
     )  # fmt: skip
-    if not run.path(BEST).exists():  # lost after training finished (e.g. deleted): rebuild it from model_last
-        log.info("[train] %s was missing; wrote it again from the best weights in %s", run.path(BEST), run.path(LAST))
+    if run.current(BEST, stage_hash, check=check_model_file) is None:
+        # missing (deleted), damaged (set aside by `current`) or from another config after training
+        # finished: the best weights are in model_last, so the model file is written again from them
+        log.info("[train] wrote %s again from the best weights in %s", run.path(BEST), run.path(LAST))
         write_model_file(final["best_epoch"], {"valid_loss": final["best"]})
     return model.eval()
 
