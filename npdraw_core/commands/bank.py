@@ -17,8 +17,9 @@ def _bank(args) -> None:
     from npdraw_core.pipeline import bank_key, bank_stage
 
     run = run_from_args(args)
-    run.record_config()
-    bank = bank_stage(run)
+    with run.lock():  # one process at a time in a run directory
+        run.record_config()
+        bank = bank_stage(run)
     meta = bank.metadata
     print(
         f"part bank: {run.cache.path('bank', bank_key(run.config))} — {bank.bank_size} exemplars of {bank.patch_size}×{bank.patch_size} "

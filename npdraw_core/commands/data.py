@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # numpy, torch and PIL are imported where used: the CLI imports this module for --help
     import numpy as np
+    from PIL import Image
 
     from npdraw_core.interfaces import Dataset
 
@@ -138,7 +139,6 @@ def read_image_folder(
     """A folder of images → uint8 (N, C, H, W), labels and class names. Sub-folders are classes (labels in
     sorted folder-name order, like torchvision's ImageFolder); image files directly in `folder` get no labels."""
     import numpy as np
-    from PIL import Image
     from tqdm import tqdm
 
     if not folder.is_dir():
@@ -158,8 +158,7 @@ def read_image_folder(
     for label, class_dir in enumerate(class_dirs):
         entries += [(path, label) for path in sorted(class_dir.rglob("*")) if is_image(path)]
     if channels is None:
-        with Image.open(entries[0][0]) as first:
-            channels = 1 if first.mode in ("1", "L") else 3
+        channels = 1 if decode_image(entries[0][0]).mode in ("1", "L") else 3
     images = [
         load_image(path, size, channels) for path, _ in tqdm(entries, desc=f"reading {folder}", unit="img")
     ]
@@ -179,12 +178,27 @@ def read_image_folder(
     return stacked, labels, [p.name for p in class_dirs]
 
 
+def decode_image(path: Path, mode: str | None = None) -> Image.Image:
+    """The decoded image at `path` (converted to `mode`); a file PIL cannot decode (corrupt, truncated, not
+    an image, too large) is a ValueError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes the whole file now: truncated data fails here, not later
+            return image.convert(mode) if mode else image.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(
+            f"{path}: cannot read this image ({type(error).__name__}: {error}); the file is damaged or not an "
+            "image: replace it, or move it out of the folder"
+        ) from None
+
+
 def load_image(path: Path, size: int | None, channels: int) -> np.ndarray:
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as image:
-        image = image.convert("L" if channels == 1 else "RGB")
+    image = decode_image(path, "L" if channels == 1 else "RGB")
     if image.width != image.height:
         raise ValueError(
             f"{path} is {image.width}×{image.height}; npdraw needs square images (crop them first)"

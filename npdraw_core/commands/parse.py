@@ -18,8 +18,9 @@ def _parse(args) -> None:
     from npdraw_core.pipeline import bank_stage, parse_stage, parses_key
 
     run = run_from_args(args)
-    run.record_config()
-    parses = parse_stage(run, bank_stage(run))
+    with run.lock():  # one process at a time in a run directory
+        run.record_config()
+        parses = parse_stage(run, bank_stage(run))
     for split, metrics in parses["metrics"].items():
         print(
             f"{split}: parse PSNR {metrics['psnr_mean']:.2f} dB (mean of per-image), "

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from npdraw_core.commands import add_run_arguments, run_from_args
-
-STAGES = ("bank", "parse", "prior", "train", "eval")  # npdraw_core.pipeline.STAGES, without importing torch
+from npdraw_core.config import STAGES
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("run", help="run the whole pipeline: " + " → ".join(STAGES))
     add_run_arguments(parser)
-    parser.add_argument("--stages", nargs="+", metavar="STAGE", help=f"run up to these stages ({', '.join(STAGES)})")
+    parser.add_argument(
+        "--stages", nargs="+", metavar="STAGE", choices=STAGES, help=f"run up to these stages ({', '.join(STAGES)})"
+    )
     parser.set_defaults(handler=_run)
 
 

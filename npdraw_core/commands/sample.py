@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from npdraw_core.commands import add_run_arguments, run_from_args
+from npdraw_core.commands import add_run_arguments, finite_positive_float, positive_int, trained_model_of
 
 if TYPE_CHECKING:
     from npdraw_core.model import NPDraw
@@ -41,16 +41,16 @@ def register(subparsers) -> None:
         help="one seed per sample, e.g. 0:1000 (0..999) or 3,17,40:50; each sample is then reproducible alone",
     )
     parser.add_argument(
-        "--temperature", type=float, default=1.0, help="divides the prior's logits (default 1)"
+        "--temperature", type=finite_positive_float, default=1.0, help="divides the prior's logits (default 1)"
     )
-    parser.add_argument("--top-k", type=int, default=None, help="keep only the k most likely parts and cells")
+    parser.add_argument("--top-k", type=positive_int, default=None, help="keep only the k most likely parts and cells")
     parser.add_argument(
         "--format", choices=FORMATS, default=None,
         help="png: a grid of samples beside their canvases; npz: arrays images, canvases, whether, what, "
         "where (default: from --out's extension, else png)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=500, help="samples per batch; bounds memory (default 500)"
+        "--batch-size", type=positive_int, default=500, help="samples per batch; bounds memory (default 500)"
     )
     parser.add_argument(
         "--out", default=None,
@@ -64,8 +64,6 @@ def _sample(args) -> None:
     fmt = output_format(args.format, args.out)
     args.seeds = None if args.seeds is None else parse_seeds(args.seeds)
     num = sample_count(args.num, args.seeds)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if (args.config is None) == (args.model is None):
         raise ValueError(
             "give either CONFIG (sample from its run directory) or --model PATH (a model.pt or a run directory)"
@@ -100,17 +98,14 @@ def load_model(args) -> tuple[NPDraw, Path]:
 
     from npdraw_core.model_file import MODEL_FILE, load_trained
 
-    if args.model is not None:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be at least 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        source, device = Path(args.model), args.device or "auto"
-    else:
-        run = run_from_args(args)
-        source, device = run.dir, run.device
+    if args.model is None:  # CONFIG's run directory: its model, if CONFIG and --set agree with it
+        run, model_file = trained_model_of(args, "sample")
+        return model_file.build(run.device, registry=run.registry), model_file.path
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    source = Path(args.model)
     path = source / MODEL_FILE if source.is_dir() else source
-    return load_trained(path, device=device), path
+    return load_trained(path, device=args.device or "auto"), path
 
 
 def output_format(requested: str | None, out: str | None) -> str:

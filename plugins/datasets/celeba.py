@@ -117,7 +117,7 @@ def preprocess(data: bytes, crop_size: int, image_size: int, name: str = "image"
     try:
         with Image.open(io.BytesIO(data)) as image:
             image = image.convert("RGB")
-    except OSError as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise DatasetError(f"{name}: cannot decode the image ({error})") from error
     width, height = image.size
     if width < crop_size or height < crop_size:

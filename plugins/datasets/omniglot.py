@@ -83,8 +83,11 @@ def make_arrays(images: np.ndarray, char_id: np.ndarray, alphabet: np.ndarray, d
 
 def png_to_28(path: Path) -> np.ndarray:
     """An official Omniglot PNG (dark strokes on white) → uint8 28×28 with bright ink, as the npz was made."""
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L"))
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"{path}: cannot decode the image ({type(error).__name__}: {error})") from error
     # scaling to 0..255 before the box filter (float32) reproduces the npz exactly; scaling after it does not
     ink = Image.fromarray((pixels < 128).astype(np.float32) * 255.0, mode="F")
     return np.round(np.asarray(ink.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX))).astype(np.uint8)
