@@ -1,15 +1,18 @@
-"""Contract checks for prior plugins, importable by plugin authors:
+"""Contract checks for prior and parser plugins, importable by plugin authors:
 
-    from npdraw_core.contracts import check_prior
+    from npdraw_core.contracts import check_parser, check_prior
     check_prior(MyPrior, MyPriorConfig(), ModelShape(1, 12, 12, 4, 6))
+    check_parser(MyParser, MyParserConfig(), ModelShape(1, 10, 10, 4, 6))
 
-Each check builds the prior with `factory(config, shape=shape)`, nudges its parameters with seeded noise (so
-that a table initialised to zeros is not trivially "deterministic" or "causal"), and raises AssertionError
-saying what broke. `PRIOR_CHECKS` lists them for parametrised tests. Small shapes keep them fast.
+Each check builds the component with `factory(config, shape=shape)` and raises AssertionError saying what
+broke. Prior checks nudge the parameters with seeded noise (so that a table initialised to zeros is not
+trivially "deterministic" or "causal"); parser checks parse seeded images made of the bank's exemplars.
+`PRIOR_CHECKS` and `PARSER_CHECKS` list them for parametrised tests. Small shapes keep them fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable
 
@@ -17,8 +20,9 @@ import torch
 
 from npdraw_core.distributions import log_prob
 from npdraw_core.geometry import ModelShape
-from npdraw_core.interfaces import Prior, StepLogits
-from npdraw_core.latents import Latents, prior_frames
+from npdraw_core.interfaces import Parser, Prior, StepLogits
+from npdraw_core.latents import Latents, prior_frames, render
+from npdraw_core.parsing import parse_images, parse_psnr, render_parses
 from npdraw_core.sampling import prior_logits, sample_latents
 
 TOLERANCE = 1e-4
@@ -210,4 +214,198 @@ PRIOR_CHECKS = {
 def check_prior(factory: Callable, config, shape: ModelShape, *, device: str | torch.device = "cpu") -> None:
     """Run every contract check on one prior; raises AssertionError at the first broken one."""
     for check in PRIOR_CHECKS.values():
+        check(factory, config, shape, device)
+
+
+# -- parsers ---------------------------------------------------------------------------------------------
+THRESHOLD_FIELD = "parse_threshold"  # the config field `check_threshold` varies; parsers without it skip it
+INDEX_NAMES = ("what", "where", "whether")
+
+
+def build_parser(factory: Callable, config, shape: ModelShape) -> Parser:
+    parser = factory(config, shape=shape)
+    if not isinstance(parser, Parser):
+        raise AssertionError(
+            f"the factory returned {type(parser).__name__}, not an npdraw_core.interfaces.Parser"
+        )
+    return parser
+
+
+def contract_images(shape: ModelShape, bank: torch.Tensor, num: int = 6, seed: int = 11) -> torch.Tensor:
+    """(num, C, S, S) images in [0, 1] a parser can explain: random exemplars at random brightness in about
+    half the cells (cropped at the canvas edge), plus faint noise, so that no two candidates tie."""
+    generator = torch.Generator().manual_seed(seed)
+    grid, cells = shape.grid, shape.num_steps
+    ids = torch.randint(shape.bank_size, (num, cells), generator=generator)
+    shown = (torch.rand(num, cells, generator=generator) < 0.5).float()
+    brightness = 0.5 + 0.5 * torch.rand(num, cells, generator=generator)
+    parts = bank.cpu()[ids] * (shown * brightness)[:, :, None, None, None]
+    noise = 0.05 * torch.rand(num, shape.channels, shape.canvas_size, shape.canvas_size, generator=generator)
+    return (grid.assemble(parts) + noise).clamp(0, 1).to(bank.device)
+
+
+def _parsed(parser: Parser, images: torch.Tensor, bank: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return parser.parse_indices(images, bank)
+
+
+def _drawn_counts(indices: dict[str, torch.Tensor]) -> torch.Tensor:
+    return indices["whether"].long().sum(1)
+
+
+def check_parse_shapes(factory, config, shape: ModelShape, device="cpu") -> None:
+    """parse_indices: {"what", "where", "whether"} integer (B, T) on the images' device, whether 0/1;
+    parse: hard one-hot Latents (B, T), (B, T, M), (B, T, T) that say the same as parse_indices."""
+    parser, bank = build_parser(factory, config, shape), contract_bank(shape, device)
+    images = contract_images(shape, bank)
+    batch, steps, size = len(images), shape.num_steps, shape.bank_size
+    indices = _parsed(parser, images, bank)
+    if set(indices) != set(INDEX_NAMES):
+        raise AssertionError(f"parse_indices returned keys {sorted(indices)}, expected {list(INDEX_NAMES)}")
+    for name, value in indices.items():
+        if tuple(value.shape) != (batch, steps):
+            raise AssertionError(
+                f"parse_indices: {name} has shape {tuple(value.shape)}, expected {(batch, steps)}"
+            )
+        if value.is_floating_point() or value.dtype == torch.bool or value.device.type != images.device.type:
+            raise AssertionError(
+                f"parse_indices: {name} is {value.dtype} on {value.device}; expected an integer tensor on "
+                f"{images.device} (the stored parse is int16/uint8)"
+            )
+    if not ((indices["whether"] == 0) | (indices["whether"] == 1)).all():
+        raise AssertionError("parse_indices: whether must be 0 or 1 (a draw flag)")
+    with torch.no_grad():
+        latents = parser.parse(images, bank)
+    expected = {"whether": (batch, steps), "what": (batch, steps, size), "where": (batch, steps, steps)}
+    for name, value_shape in expected.items():
+        value = getattr(latents, name)
+        if tuple(value.shape) != value_shape:
+            raise AssertionError(f"parse: {name} has shape {tuple(value.shape)}, expected {value_shape}")
+        hard = ((value == 0) | (value == 1)).all() and (name == "whether" or (value.sum(-1) == 1).all())
+        if not hard:
+            raise AssertionError(f"parse: {name} is not hard (one-hot, or 0/1 for whether)")
+    via_latents, drawn = latents.indices(), indices["whether"].bool()
+    if not torch.equal(via_latents["whether"].long(), indices["whether"].long()) or any(
+        not torch.equal(via_latents[name][drawn].long(), indices[name][drawn].long())
+        for name in ("what", "where")
+    ):
+        raise AssertionError("parse and parse_indices disagree on the drawn steps: they must be one parse")
+
+
+def check_render_psnr(factory, config, shape: ModelShape, device="cpu") -> None:
+    """Rendering the stored parse (parse_images → render_parses, what the parse stage reports) gives the
+    canvas and PSNR of rendering parse()'s latents, and beats a blank canvas on images made of exemplars."""
+    parser, bank = build_parser(factory, config, shape), contract_bank(shape, device)
+    images = contract_images(shape, bank)
+    stored = parse_images(parser, images, bank, progress=False)
+    reported = render_parses(stored, bank, shape.grid)
+    with torch.no_grad():
+        rendered = render(parser.parse(images, bank), bank, shape.grid).cpu()
+    if not torch.allclose(reported, rendered, atol=1e-6):
+        raise AssertionError("rendering the stored parse differs from rendering parse()'s latents")
+    psnr, again = (
+        parse_psnr(images.cpu(), reported)["psnr_mean"],
+        parse_psnr(images.cpu(), rendered)["psnr_mean"],
+    )
+    if abs(psnr - again) > 1e-6:
+        raise AssertionError(
+            f"the reported parse PSNR {psnr:.6f} dB is not reproduced by rendering ({again:.6f})"
+        )
+    blank = parse_psnr(images.cpu(), torch.zeros_like(reported))["psnr_mean"]
+    if not psnr > blank:
+        raise AssertionError(
+            f"the parse PSNR {psnr:.2f} dB is no better than a blank canvas ({blank:.2f} dB) on images made "
+            "of the bank's own exemplars"
+        )
+
+
+def check_parse_determinism(factory, config, shape: ModelShape, device="cpu") -> None:
+    """The same images parse the same twice, and an image's parse does not depend on the other images of
+    its batch (parse_images chunks a dataset by the parser's batch_size)."""
+    parser, bank = build_parser(factory, config, shape), contract_bank(shape, device)
+    images = contract_images(shape, bank)
+    first, again = _parsed(parser, images, bank), _parsed(parser, images, bank)
+    order = torch.arange(len(images) - 1, -1, -1)
+    alone = [_parsed(parser, images[i : i + 1], bank) for i in range(len(images))]
+    reversed_batch = _parsed(parser, images[order.to(images.device)], bank)
+    for name in INDEX_NAMES:
+        if not torch.equal(first[name], again[name]):
+            raise AssertionError(f"parsing the same images twice gave different {name}: not deterministic")
+        if not torch.equal(first[name], torch.cat([one[name] for one in alone])):
+            raise AssertionError(
+                f"an image parsed alone gets other {name} than in a batch: a parse must depend on its image only"
+            )
+        if not torch.equal(first[name], reversed_batch[name][order.to(images.device)]):
+            raise AssertionError(
+                f"reordering the batch changed the {name} of its images: a parse must depend on its image only"
+            )
+
+
+def check_within_canvas(factory, config, shape: ModelShape, device="cpu") -> None:
+    """A parse never draws outside the canvas: every what is a bank index, every where a cell of the grid."""
+    parser, bank = build_parser(factory, config, shape), contract_bank(shape, device)
+    images = contract_images(shape, bank)
+    images = torch.cat([images, torch.ones_like(images[:1])])  # a white image: every cell wants parts
+    indices = _parsed(parser, images, bank)
+    for name, limit in (("what", shape.bank_size), ("where", shape.num_steps)):
+        value = indices[name]
+        if (value < 0).any() or (value >= limit).any():
+            raise AssertionError(
+                f"{name} indices outside [0, {limit}): {value.min().item()}..{value.max().item()} "
+                f"({'bank size' if name == 'what' else 'number of cells'} {limit})"
+            )
+
+
+def check_blank_image(factory, config, shape: ModelShape, device="cpu") -> None:
+    """An all-zero image parses to no drawn steps (drawing anything on it only adds error)."""
+    parser, bank = build_parser(factory, config, shape), contract_bank(shape, device)
+    blank = torch.zeros(2, shape.channels, shape.canvas_size, shape.canvas_size, device=device)
+    drawn = _drawn_counts(_parsed(parser, blank, bank))
+    if drawn.any():
+        raise AssertionError(f"an all-zero image parsed to {drawn.tolist()} drawn steps, expected none")
+
+
+def check_threshold(factory, config, shape: ModelShape, device="cpu") -> None:
+    """ε = `parse_threshold` moves the number of drawn parts one way only: per image, ε = 0 draws at least
+    as many parts as ε > 0 for every ε tried, or at most as many for every one. (A required gain, like the
+    greedy parser's, draws fewer parts as ε grows; Algorithm 1's ε is a tolerance, cost ≤ ε, and draws
+    more.) ε = 0 must draw something on images made of the bank's exemplars. Configs without the field
+    skip this check."""
+    if not dataclasses.is_dataclass(config) or THRESHOLD_FIELD not in {
+        f.name for f in dataclasses.fields(config)
+    }:
+        return
+    bank = contract_bank(shape, device)
+    images = contract_images(shape, bank)
+
+    def counts(threshold: float) -> torch.Tensor:
+        chosen = dataclasses.replace(config, **{THRESHOLD_FIELD: threshold})
+        return _drawn_counts(_parsed(build_parser(factory, chosen, shape), images, bank)).cpu()
+
+    at_zero = counts(0.0)
+    if not at_zero.any():
+        raise AssertionError(
+            "with parse_threshold = 0 nothing was drawn on images made of the bank's exemplars"
+        )
+    differences = torch.stack([at_zero - counts(threshold) for threshold in (0.05, 0.5, 2.0)])
+    if (differences > 0).any() and (differences < 0).any():
+        raise AssertionError(
+            "parse_threshold moves the number of drawn parts both ways (drawn parts at ε = 0 minus at ε = "
+            f"0.05, 0.5, 2 per image: {differences.tolist()}); a threshold must only ever add or only remove parts"
+        )
+
+
+PARSER_CHECKS = {
+    "shapes": check_parse_shapes,
+    "render_psnr": check_render_psnr,
+    "determinism": check_parse_determinism,
+    "within_canvas": check_within_canvas,
+    "blank_image": check_blank_image,
+    "threshold": check_threshold,
+}
+
+
+def check_parser(factory: Callable, config, shape: ModelShape, *, device: str | torch.device = "cpu") -> None:
+    """Run every contract check on one parser; raises AssertionError at the first broken one."""
+    for check in PARSER_CHECKS.values():
         check(factory, config, shape, device)
