@@ -19,7 +19,7 @@ DEFAULT_AUTOSCALING: dict[str, Any] = {
     "target_ongoing_requests": 16,  # a replica batches many requests: scale when ~16 wait on it, not 2
     "upscale_delay_s": 5,
     "downscale_delay_s": 30,
-    "look_back_period_s": 10,
+    "look_back_period_s": 15,  # must exceed Serve's 10 s metrics push interval
 }
 
 

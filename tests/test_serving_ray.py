@@ -42,7 +42,7 @@ def service(tiny_models):  # noqa: F811
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file written for a throwaway cluster
     http_port, metrics_port = free_port(), free_port()
     ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
         _metrics_export_port=metrics_port,
     )
     options = ServeOptions(
