@@ -48,13 +48,18 @@ def path_field(default: Any = dataclasses.MISSING) -> Any:
     return field(default=default, metadata={"path": True})
 
 
+def finite(value: float) -> bool:
+    """A finite number (any int is: math.isfinite cannot convert a huge one to a float)."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
 def check_at_least(config: object, minimum: float, *names: str) -> None:
     """Each named field must be a finite number ≥ `minimum` (None passes: it means "not set")."""
     for name in names:
         value = getattr(config, name)
         if value is None:
             continue
-        if not math.isfinite(value):
+        if not finite(value):
             raise ValueError(f"{name} must be a finite number (at least {minimum}), got {value!r}")
         if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
@@ -64,14 +69,14 @@ def check_positive(config: object, *names: str) -> None:
     """Each named field must be a finite number > 0 (None passes)."""
     for name in names:
         value = getattr(config, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
+        if value is not None and not (finite(value) and value > 0):
             raise ValueError(f"{name} must be a number greater than 0, got {value!r}")
 
 
 def check_finite(config: object, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
-        if value is not None and not math.isfinite(value):
+        if value is not None and not finite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
@@ -226,7 +231,13 @@ class RunConfig:
         registry = registry or default_registry()
         data = copy.deepcopy(dict(data))  # the caller's dict is never changed
         apply_overrides(data, overrides, registry)
-        return parse_dataclass(cls, data, "", registry)
+        config = parse_dataclass(cls, data, "", registry)
+        for i, name in enumerate(config.evaluation.feature_extractors):  # known now, not after the NLL
+            try:
+                registry.get("feature_extractor", name)
+            except UnknownComponentError as error:
+                raise ConfigError(f"evaluation.feature_extractors[{i}]: {error}") from None
+        return config
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -470,7 +481,10 @@ def coerce(value: Any, annotation: Any, path: str, registry: Registry) -> Any:
     if dataclasses.is_dataclass(annotation):
         return parse_dataclass(annotation, value, path, registry)
     if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{path!r} must be a number that fits a float, got an integer of {len(str(value))} digits") from None
     if annotation is float and isinstance(value, str):
         try:  # YAML 1.1 reads 1e-4 (no dot) as a string; it is clearly meant as a number
             return float(value)
