@@ -176,6 +176,8 @@ def run_pipeline(run: Run, stages: list[str] | None = None, *, on_epoch: EpochCa
 
     stages = stages_up_to(list(stages if stages is not None else run.config.stages))
     started = time.perf_counter()
+    if stages:
+        run.dataset  # noqa: B018 - a dataset that cannot be opened stops the run before it writes anything
     with run.lock():  # one process at a time in a run directory (RunBusyError names the other one)
         run.record_config()
         results: dict = {}

@@ -118,7 +118,14 @@ class Run:
     def record_artefact(self, kind: str, key: str) -> None:
         """Name a shared artefact this run used in artefacts.json (kind → key and path in the cache)."""
         path = self.path(ARTEFACTS)
-        used = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            used = json.loads(path.read_text()) if path.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            used = None
+        if not isinstance(used, dict):  # damaged: kept in stale/, and the record starts again
+            target = archive(path, "damaged-" + time.strftime("%Y%m%d-%H%M%S"))
+            log.warning("[run] %s is not a JSON record of artefacts; moved it to %s and writing it again", path, target)
+            used = {}
         used[kind] = {"key": key, "path": str(self.cache.path(kind, key))}
         atomic_write_text(path, json.dumps(used, indent=2) + "\n")
 

@@ -164,12 +164,12 @@ def read_image_folder(
     ]
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
-        first_path = next(
-            path for (path, _), image in zip(entries, images, strict=True) if image.shape != images[0].shape
+        other_path, other = next(
+            (path, image) for (path, _), image in zip(entries, images, strict=True) if image.shape != images[0].shape
         )
         raise ValueError(
-            f"{first_path} is {images[0].shape[1:]} unlike {entries[0][0]} ({images[0].shape[1:]}); "
-            "pass --size to resize every image to one size"
+            f"{other_path} is {other.shape[2]}×{other.shape[1]} unlike {entries[0][0]} "
+            f"({images[0].shape[2]}×{images[0].shape[1]}); pass --size to resize every image to one size"
         )
     stacked = np.stack(images)
     if invert:
