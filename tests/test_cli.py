@@ -68,7 +68,7 @@ def test_sample_and_edit_write_their_figures(finished_run, tmp_path):
     [
         (["run", "configs/nope.yaml"], "does not exist"),
         (["run", TINY, "--set", "model.prior.type=transfomer"], "Did you mean 'transformer'"),
-        (["run", TINY, "--stages", "fly"], "unknown stage"),
+        (["run", TINY, "--stages", "fly"], "invalid choice: 'fly'"),
         (["bank", TINY, "--set", "model.part_bank.bank_size=lots"], "must be an integer"),
     ],
 )

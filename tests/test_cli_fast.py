@@ -141,3 +141,61 @@ def test_library_messages_are_plain_lines_on_stdout_and_quiet_hides_them(tmp_pat
         assert captured.err == "npdraw: WARNING: prior is tiny\n"
     assert main(["-q", "talk"]) == 0
     assert capsys.readouterr() == ("", "npdraw: WARNING: prior is tiny\n")
+
+
+FAILING_PLUGIN = """
+from npdraw_core.config import ConfigError
+from npdraw_core.hookspecs import hookimpl
+
+def fail(args):
+    if args.kind == "mistake":
+        raise ConfigError("training.lr must be a number greater than 0, got -1.0")
+    if args.kind == "disk":
+        raise OSError(28, "No space left on device")
+    return {}["missing"]  # a bug: KeyError
+
+@hookimpl
+def npdraw_register_commands(subparsers):
+    parser = subparsers.add_parser("fail")
+    parser.add_argument("kind")
+    parser.set_defaults(handler=fail)
+"""
+
+
+@pytest.mark.parametrize("kind", ["mistake", "disk"])
+def test_a_users_mistake_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, kind):
+    install(tmp_path, monkeypatch, f"npdraw_fail_{kind}", FAILING_PLUGIN)
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    assert main(["fail", kind]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npdraw: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert ("training.lr must be" in err) if kind == "mistake" else ("check the disk space" in err)
+
+
+def test_a_bug_shows_its_traceback_and_says_it_is_a_bug(tmp_path, monkeypatch, capsys):
+    install(tmp_path, monkeypatch, "npdraw_fail_bug", FAILING_PLUGIN)
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    assert main(["fail", "bug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "KeyError: 'missing'" in err
+    assert "this is a bug in npdraw or in a plugin" in err
+
+
+@pytest.mark.parametrize("how", ["--debug", "NPDRAW_DEBUG=1"])
+def test_debug_shows_the_traceback_of_a_users_mistake_too(tmp_path, monkeypatch, capsys, how):
+    install(tmp_path, monkeypatch, f"npdraw_fail_debug_{how[-1]}", FAILING_PLUGIN)
+    if how == "--debug":
+        argv = ["--debug", "fail", "mistake"]
+    else:
+        monkeypatch.setenv(cli.DEBUG_VARIABLE, "1")
+        argv = ["fail", "mistake"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ConfigError" in err and err.rstrip().endswith("got -1.0")
+    assert "this is a bug" not in err
+
+
+def test_a_bad_command_line_is_one_line_with_a_hint(capsys):
+    assert main(["sample", "--model", "m.pt", "--num", "many"]) == 2
+    err = capsys.readouterr().err
+    assert err == "npdraw sample: error: argument --num: invalid int value: 'many' (see `npdraw sample --help`)\n"
