@@ -16,6 +16,7 @@ import os
 import pickle
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,16 +88,20 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
+        with warnings.catch_warnings():  # torch warns about a pickle protocol before it refuses the file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:  # torch cannot tell a damaged file from one holding code
+        reason = one_line(str(error).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0])
         raise CheckpointError(
-            f"refusing to load {str(path)!r}: it holds objects other than tensors and plain data, and loading it "
-            f"could execute code ({error}). Only load checkpoints written by npdraw or another trusted source."
+            f"refusing to load {str(path)!r}: it is damaged, or holds objects other than tensors and plain data "
+            f"whose loading could execute code ({reason or one_line(str(error))}). Only load checkpoints written "
+            "by npdraw or another trusted source"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:  # truncated, empty or not a torch file
         raise CheckpointError(
-            f"cannot read {str(path)!r}: it is damaged or not a checkpoint ({type(error).__name__}: {error}). "
-            "A truncated file usually means a full disk or a copy that stopped early"
+            f"cannot read {str(path)!r}: it is damaged or not a checkpoint ({type(error).__name__}: "
+            f"{one_line(str(error))}). A truncated file usually means a full disk or a copy that stopped early"
         ) from error
     if not isinstance(payload, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(payload).__name__}, not an npdraw checkpoint (a dict)")
@@ -106,6 +111,12 @@ def load_checkpoint(
     if check is not None:
         check(payload, path)
     return payload
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A library's (often multi-line) error text as one short line, for a message that quotes it."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def archive(path: str | Path, tag: str | None = None) -> Path:

@@ -145,7 +145,7 @@ def describe_user_error(error: BaseException) -> str:
     """One line: the error's own message, and a hint where the message cannot know it."""
     import torch
 
-    message = str(error) or type(error).__name__
+    message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the library wrote
     if isinstance(error, MemoryError | torch.OutOfMemoryError):
         return f"out of memory ({message.splitlines()[0]}); use a smaller batch size (--batch-size, or the config's batch_size)"
     if isinstance(error, OSError) and not isinstance(error, FileNotFoundError | PermissionError):

@@ -29,7 +29,14 @@ from npdraw_core.checkpoint import (
     atomic_write_text,
     load_checkpoint,
 )
-from npdraw_core.config import ComponentConfig, RunConfig, check_device_name, load_config, write_config
+from npdraw_core.config import (
+    ComponentConfig,
+    ConfigError,
+    RunConfig,
+    check_device_name,
+    load_config,
+    write_config,
+)
 from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.interfaces import Dataset
 from npdraw_core.registry import Registry, default_registry
@@ -112,8 +119,18 @@ class Run:
         log.info("[%s] %s", stage, shown)
 
     def record_config(self) -> None:
-        """Write the resolved config into the run directory (done by the stages, which write there)."""
-        write_config(self.config, self.path("config.yaml"))
+        """Write the resolved config into the run directory (done by the stages, which write there). A
+        different config recorded there before is moved to stale/: it describes the artefacts the stages
+        move there when they are recomputed."""
+        path = self.path("config.yaml")
+        if path.is_file():
+            try:
+                same = load_config(path, registry=self.registry) == self.config
+            except ConfigError:
+                same = False
+            if not same:
+                log.info("[run] the config changed; moved the previous one to %s", archive(path))
+        write_config(self.config, path)
 
     def record_artefact(self, kind: str, key: str) -> None:
         """Name a shared artefact this run used in artefacts.json (kind → key and path in the cache)."""
@@ -175,7 +192,7 @@ class Run:
                 ) from None
             handle.seek(0)
             handle.truncate()
-            handle.write(f"process {os.getpid()} ({' '.join(sys.argv) or 'python'}), since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.write(f"process {os.getpid()} ({' '.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else 'python'}), since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             handle.flush()
             self._lock_depth = 1
             try:

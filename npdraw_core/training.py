@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from npdraw_core.build import model_from_config
+from npdraw_core.checkpoint import archive
 from npdraw_core.config import TrainingConfig, config_hash
 from npdraw_core.data import minibatch_indices, prepare_images
 from npdraw_core.interfaces import ImageSet
@@ -74,8 +75,8 @@ def train_model(
         "sample": torch.Generator(device=device).manual_seed(run.config.seed + 1),
     }
     state = run.current(LAST, stage_hash, check=check_training_checkpoint)  # damaged: set aside, retrained
-    if state is None:
-        run.current(BEST, stage_hash)  # a model file from another config is moved to stale/, not overwritten
+    if state is None and run.path(BEST).exists():  # training starts over: the model file is kept, not overwritten
+        log.info("[train] training starts over; moved the previous %s to %s", BEST, archive(run.path(BEST)))
     dataset = run.dataset
     train, valid = dataset.load("train"), dataset.load("valid")
     if settings.max_train_images is not None:

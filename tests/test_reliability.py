@@ -9,6 +9,7 @@ One tiny run is trained once for the module (`finished`); tests that damage arte
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -81,6 +82,8 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif how == "empty":
         path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(os.urandom(3000))
     elif how == "list":
         torch.save([1, 2, 3], path)
     elif how == "missing keys":
@@ -108,7 +111,7 @@ def test_a_damaged_stage_artefact_is_set_aside_and_recomputed(copy, capsys, kind
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["truncated", "empty", "list", "wrong version"])
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "list", "wrong version"])
 def test_a_damaged_model_file_says_how_to_recover_and_train_recovers_it(copy, capsys, tmp_path, how):
     model = copy / "tiny" / "model.pt"
     damage(model, how)
@@ -142,20 +145,38 @@ def test_a_deleted_model_file_is_written_again_by_train_without_training(copy, c
 def test_a_damaged_training_checkpoint_is_set_aside_and_training_redone(copy, capsys):
     last = copy / "tiny" / "model_last.pt"
     damage(last, "truncated")
-    damaged_bytes = last.read_bytes()
+    damaged_bytes, model = last.read_bytes(), (copy / "tiny" / "model.pt").read_bytes()
     assert npdraw("train", copy) == 0
-    assert "could not be used" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "could not be used" in captured.err and "training starts over; moved the previous model.pt" in captured.out
     assert load_checkpoint(last)["complete"]
-    assert [p.read_bytes() for p in (copy / "tiny" / "stale").glob("model_last-damaged-*.pt")] == [damaged_bytes]
+    stale = copy / "tiny" / "stale"
+    assert [p.read_bytes() for p in stale.glob("model_last-damaged-*.pt")] == [damaged_bytes]
+    assert [p.read_bytes() for p in stale.glob("model-*.pt")] == [model]  # the trained model is kept
 
 
 @pytest.mark.slow
-def test_a_broken_metrics_line_is_skipped_with_a_warning(copy, capsys):
+def test_a_broken_metrics_line_and_artefacts_record_are_not_fatal(copy, capsys):
     with open(copy / "tiny" / "metrics.jsonl", "a") as f:
         f.write('{"stage": "tr')  # a write cut short
+    (copy / "tiny" / "artefacts.json").write_text("{nope")
     assert npdraw("run", copy, "--stages", "train") == 0
     captured = capsys.readouterr()
     assert "is not a metrics record" in captured.err and "VAE: epoch 0" in captured.out
+    assert "artefacts.json is not a JSON record of artefacts" in captured.err
+    assert [p.read_text() for p in (copy / "tiny" / "stale").glob("artefacts-damaged-*.json")] == ["{nope"]
+    assert sorted(json.loads((copy / "tiny" / "artefacts.json").read_text())) == ["bank", "parses", "prior"]
+
+
+def test_a_changed_config_moves_the_recorded_one_to_stale(tmp_path):
+    first = Run.from_file(TINY, [f"output_dir={tmp_path}", "name=tiny"], device="cpu")
+    first.record_config()
+    recorded = first.path("config.yaml").read_text()
+    first.record_config()  # the same config: nothing to keep
+    assert not first.path("stale").exists()
+    Run.from_file(TINY, [f"output_dir={tmp_path}", "name=tiny", "training.reg_weight=3"], device="cpu").record_config()
+    assert [p.read_text() for p in first.path("stale").glob("config-*.yaml")] == [recorded]
+    assert "reg_weight: 3.0" in first.path("config.yaml").read_text()
 
 
 # -- commands that must not train, nor change a run ---------------------------------------------------------
