@@ -9,9 +9,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Ray on one machine: every node, worker and driver on loopback only (Ray otherwise swaps 127.0.0.1 for
+# the machine's network address), and no token files. Set before any test module imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MNIST = REPO_ROOT / "data" / "mnist"

@@ -20,7 +20,6 @@ from npdraw_core.cli import main
 from npdraw_core.config import load_config
 
 ray = pytest.importorskip("ray")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from npdraw_tune.experiment import Options, run_search, write_results  # noqa: E402
 from npdraw_tune.search import SearchError, load_search  # noqa: E402
@@ -127,7 +126,7 @@ def test_an_interrupted_experiment_resumes_without_rerunning_finished_trials(tmp
     command = [sys.executable, "-m", "npdraw_core", "tune", str(TINY), "--search", str(search), "--storage",
                str(tmp_path), "--name", "exp", "--max-concurrent-trials", "1",
                *[f"--set={o}" for o in [*TRIAL_SIZE, "training.epochs=3"]]]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "exp" / "runs"
     try:

@@ -3,7 +3,6 @@ loopback): trials are scheduled on both nodes and the search finishes."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import pytest
 from npdraw_core.config import load_config
 
 ray = pytest.importorskip("ray")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -30,11 +28,9 @@ TRIAL_SIZE = [
 def two_nodes():
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
-    )
-    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    # conftest keeps every node on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,15 @@ class Options:
 
 
 def start_ray(address: str | None) -> None:
+    if not address:  # a local Ray on loopback only: Ray otherwise swaps 127.0.0.1 for the network address
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:  # a local Ray on loopback only
+    else:
         ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
 
 
