@@ -163,7 +163,16 @@ def save_sample_grid(model: NPDraw, path: str | Path, *, seed: int, num: int = 3
 
 
 def prior_logits(prior: Prior, latents: Latents, bank: Tensor, grid: Grid) -> StepLogits:
-    """Teacher-forced logits of p(z^t | z^{<t}) for given latents, in one batched pass over all T frames."""
+    """Teacher-forced logits of p(z^t | z^{<t}) for given latents, in one batched pass over all T frames.
+
+    A prior with `logits_from_latents` (the transformer) computes them from the local change of each frame
+    when every step draws into one cell and no gradient has to reach the latents (parses in pre-training,
+    hard samples in the NLL bound): equal within float tolerance, and far cheaper than whole frames. With
+    gradients into relaxed latents (VAE training) the frames are built in full, so the gradients the model
+    defines (straight-through `where` reaches every cell) stay the same."""
+    from_latents = getattr(prior, "logits_from_latents", None)
+    if prior.uses_frames and from_latents is not None and _located(latents):
+        return from_latents(latents, bank, grid)
     if prior.uses_frames:
         frames = prior_frames(latents, bank, grid, union_masks=prior.union_masks)
     else:  # a context-free prior only reads the batch size and length: a stride-0 view costs nothing
@@ -171,6 +180,13 @@ def prior_logits(prior: Prior, latents: Latents, bank: Tensor, grid: Grid) -> St
             latents.batch_size, latents.num_steps, bank.shape[1] + 1, 1, 1
         )
     return prior(frames)
+
+
+def _located(latents: Latents) -> bool:
+    """True when no gradient must reach the latents and every step's `where` has one nonzero weight."""
+    if torch.is_grad_enabled() and any(v.requires_grad for v in (latents.whether, latents.what, latents.where)):
+        return False
+    return bool(((latents.where != 0).sum(-1) == 1).all())
 
 
 def prior_device(prior: Prior, bank: Tensor) -> torch.device:

@@ -11,6 +11,15 @@ q·k_s = (W_kᵀq)·x_s + q·b_k (the last term is the same for every s and canc
 Σ_s a_s v_s = W_v (Σ_s a_s x_s) + b_v. Caching x_s (d_model numbers per position and layer) instead of k_s
 and v_s (2 · num_heads · head_dim numbers: 32× more at the authors' sizes) gives the same attention with
 the same arithmetic cost, and a cache small enough to stay in the CPU's caches while sampling.
+
+`logits_from_latents` is teacher forcing without the frames. When every step draws into one cell (hard
+latents: parses, posterior samples of the NLL bound, prior samples; also straight-through ones), frame t
+differs from frame t−1 only in the cell drawn at step t and in the location masks of steps t−1 and t. The
+frame embedding is Linear ∘ ReLU ∘ Conv(3×3, stride 2), so the embedding of frame t is that of frame t−1
+plus the Linear's columns of the few conv outputs that such a cell change reaches, times the change of
+their ReLU outputs. The embeddings are then a cumulative sum of these local deltas, computed from
+(2·w+1)² pixel windows instead of whole canvases; equal to `forward` on `prior_frames` within float
+tolerance, with the same gradients for the prior's weights (tests/test_speed_properties.py).
 """
 
 from __future__ import annotations
@@ -22,9 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from npdraw_core.config import check_at_least
-from npdraw_core.geometry import ModelShape
+from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Prior, StepLogits
+from npdraw_core.latents import Latents
 
 
 @dataclass(kw_only=True)
@@ -126,6 +136,80 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Frame embeddings from local changes (teacher forcing with hard-located latents)
+
+
+@dataclass(frozen=True)
+class _WindowGeometry:
+    """Where one cell's change reaches in the frame embedding. The conv outputs whose 3×3 stride-2
+    receptive field meets cell k lie in a `size`×`size` window of the conv's output grid (windows are
+    clamped into the grid, so some also cover outputs the change does not reach: their delta is exactly
+    zero). That window reads a `width`² (width = 2·size+1) patch of the conv-padded frame.
+
+    Frames are held in a buffer of side nK+2 in grid coordinates shifted by one (so every cell pastes at
+    rows r·K+1 .. r·K+K); the conv-padded frame is the buffer's rows pad_before .. pad_before+S+1."""
+
+    size: int
+    width: int
+    out_side: int
+    side: int  # buffer side nK + 2
+    row_starts: Tensor  # (T,) buffer row of each cell's input window (and column: col_starts)
+    col_starts: Tensor
+    feature_index: Tensor  # (T, size²) flat indices of each cell's output window in the O×O grid
+    own_mask: Tensor  # (T, width²) 1 where the cell itself lies inside the canvas, in its own window
+    inside: Tensor  # (T, K, K) 1 where the cell's pixels lie inside the canvas (cropped elsewhere)
+
+    def to(self, device: torch.device) -> _WindowGeometry:
+        return _WindowGeometry(self.size, self.width, self.out_side, self.side, *(
+            getattr(self, name).to(device)
+            for name in ("row_starts", "col_starts", "feature_index", "own_mask", "inside")
+        ))  # fmt: skip
+
+
+def _window_geometry(grid: Grid) -> _WindowGeometry:
+    side, k, n, pad = grid.canvas_size, grid.patch_size, grid.cells_per_side, grid.pad_before
+    out_side = (side + 1) // 2
+    ranges = []
+    for index in range(n):
+        first, last = max(index * k - pad, 0), min(index * k - pad + k - 1, side - 1)
+        # output o reads canvas pixels 2o-1 .. 2o+1
+        ranges.append((max(-(-(first - 1) // 2), 0), min((last + 1) // 2, out_side - 1)))
+    size = max(hi - lo + 1 for lo, hi in ranges)
+    starts = [min(lo, out_side - size) for lo, _ in ranges]
+    width = 2 * size + 1
+    canvas = torch.zeros(n * k + 2, n * k + 2)  # buffer coordinates: canvas pixel (y, x) at (y+pad+1, x+pad+1)
+    canvas[pad + 1 : pad + 1 + side, pad + 1 : pad + 1 + side] = 1
+    outputs = torch.arange(size)
+    rows, cols, feature_index, own_mask, inside = [], [], [], [], []
+    for row in range(n):
+        for col in range(n):
+            r0, c0 = starts[row], starts[col]
+            rows.append(2 * r0 + pad)  # conv-padded row 2·r0 is canvas row 2·r0-1
+            cols.append(2 * c0 + pad)
+            feature_index.append(((r0 + outputs)[:, None] * out_side + (c0 + outputs)[None, :]).flatten())
+            cell = torch.zeros_like(canvas)
+            cell[row * k + 1 : row * k + k + 1, col * k + 1 : col * k + k + 1] = 1
+            cell *= canvas
+            own_mask.append(cell[rows[-1] : rows[-1] + width, cols[-1] : cols[-1] + width].flatten())
+            inside.append(cell[row * k + 1 : row * k + k + 1, col * k + 1 : col * k + k + 1])
+    return _WindowGeometry(
+        size, width, out_side, n * k + 2, torch.tensor(rows), torch.tensor(cols), torch.stack(feature_index),
+        torch.stack(own_mask), torch.stack(inside),
+    )  # fmt: skip
+
+
+def _per_cell_matmul(rows: Tensor, cells: Tensor, weights: Tensor) -> Tensor:
+    """rows (N, f) @ weights[cells] (N, f, d) without gathering N weight matrices: one matmul per cell."""
+    order = torch.argsort(cells)
+    counts = torch.bincount(cells, minlength=len(weights)).tolist()
+    pieces = rows[order].split(counts)
+    out = torch.cat([piece @ weights[cell] for cell, piece in enumerate(pieces)])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return out[inverse]
+
+
 def _head(d_model: int, hidden: int, outputs: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
 
@@ -151,6 +235,7 @@ class TransformerPrior(Prior):
         self.what_head = _head(config.d_model, config.head_hidden, shape.bank_size)
         self.where_head = _head(config.d_model, config.head_hidden, self.num_steps)
         self.whether_head = _head(config.d_model, config.head_hidden, 1)
+        self._geometries: dict = {}
 
     def _embed(self, frames: Tensor, first_position: int) -> Tensor:
         """frames (B, L, C+1, S, S) → token embeddings (B, L, d_model) for positions first..first+L-1."""
@@ -172,10 +257,78 @@ class TransformerPrior(Prior):
         )
 
     def forward(self, frames: Tensor) -> StepLogits:
-        hidden = self._embed(frames, 0)
+        return self._transform(self._embed(frames, 0))
+
+    def _transform(self, hidden: Tensor) -> StepLogits:
         for block in self.blocks:
             hidden = block(hidden)
         return self._heads(hidden)
+
+    # -- teacher forcing from the latents (see the module docstring) -----------------------------------
+    def logits_from_latents(self, latents: Latents, bank: Tensor, grid: Grid) -> StepLogits:
+        """`forward(prior_frames(latents, bank, grid, union_masks=...))` from local frame changes. Each
+        step's `where` must have at most one nonzero weight (hard or straight-through latents)."""
+        length = latents.num_steps
+        tokens = self.embed_latents(latents, bank, grid)
+        return self._transform(self.embedding_dropout(tokens + self.positions[:length]))
+
+    def embed_latents(self, latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
+        """Frame embeddings (B, T, d_model) of the teacher-forcing frames of `latents` (no positions)."""
+        batch, steps = latents.batch_size, latents.num_steps
+        if steps > self.num_steps:
+            raise ValueError(f"the prior was built for {self.num_steps} steps but got {steps} latent steps")
+        conv, linear = self.frame_embedding[0], self.frame_embedding[3]
+        side, channels = grid.canvas_size, bank.shape[1]
+        first = self.frame_embedding(bank.new_zeros(1, channels + 1, side, side))  # frame 0: all zeros
+        if steps == 1 or batch == 0:
+            return first.expand(batch, steps, -1)
+        geometry = self._geometry(grid, bank.device)
+        cells = latents.where.argmax(-1)  # (B, T)
+        # mask value of each step: location_masks(where) · whether, as in prior_frames
+        marks = latents.where.gather(-1, cells[..., None])[..., 0] * latents.whether
+        buffer = _frame_buffer(latents, bank, grid, geometry, cells, marks, union_masks=self.union_masks)
+        # transition i (i = 0..T-2) turns frame i into frame i+1: step i draws into cell drawn[:, i] and
+        # (without union masks) the mask of step i-1 in cell removed[:, i] goes away
+        drawn, removed = cells[:, :-1], torch.cat([torch.zeros_like(cells[:, :1]), cells[:, :-2]], dim=1)
+        frame = torch.arange(batch, device=cells.device)[:, None] * steps + torch.arange(steps - 1, device=cells.device)
+        rows = buffer.view(batch * steps * geometry.side, -1)
+        span = torch.arange(geometry.width, device=cells.device)
+
+        def window(shift: int, cell: Tensor) -> Tensor:
+            """The (width, width) input window of `cell` in frame i+shift, (B·(T-1), width, width, C')."""
+            row_index = ((frame + shift) * geometry.side)[..., None] + geometry.row_starts[cell][..., None] + span
+            picked = rows.index_select(0, row_index.flatten()).view(-1, geometry.width, geometry.side, rows.shape[1] // geometry.side)
+            col_index = (geometry.col_starts[cell].flatten()[:, None] + span)[:, None, :, None]
+            return picked.gather(2, col_index.expand(-1, geometry.width, -1, picked.shape[-1]))
+
+        def with_mask(pixels: Tensor, cell: Tensor, mark: Tensor | None) -> Tensor:
+            if mark is None:
+                mask = pixels.new_zeros(pixels.shape[:-1] + (1,))
+            else:
+                mask = (mark.flatten()[:, None] * geometry.own_mask[cell.flatten()]).view(pixels.shape[:-1] + (1,))
+            return torch.cat([pixels, mask], dim=-1)
+
+        if self.union_masks:  # the mask channel is in the buffer
+            stacked = [window(1, drawn), window(0, drawn)]
+        else:
+            before = window(0, removed)
+            previous = torch.cat([torch.zeros_like(marks[:, :1]), marks[:, :-2]], dim=1)
+            stacked = [
+                with_mask(window(1, drawn), drawn, marks[:, :-1]), with_mask(window(0, drawn), drawn, None),
+                with_mask(before, removed, None), with_mask(before, removed, previous),
+            ]  # fmt: skip
+        inputs = torch.stack(stacked).view(-1, geometry.width, geometry.width, channels + 1).permute(0, 3, 1, 2)
+        features = F.relu(F.conv2d(inputs, conv.weight, conv.bias, stride=2))
+        features = features.reshape(len(stacked) // 2, 2, batch * (steps - 1), -1)
+        deltas = (features[:, 0] - features[:, 1]).flatten(0, 1)  # (changes · B · (T-1), E · size²)
+        changed = torch.cat([drawn.flatten(), *([] if self.union_masks else [removed.flatten()])])
+        columns = (
+            torch.arange(conv.out_channels, device=cells.device)[:, None, None] * geometry.out_side**2
+            + geometry.feature_index
+        ).transpose(0, 1)  # (T, E, size²): the Linear's columns of each cell's window
+        local_weights = linear.weight[:, columns.flatten(1)].permute(1, 2, 0)  # (T, E · size², d_model)
+        moved = _per_cell_matmul(deltas, changed, local_weights).view(-1, batch, steps - 1, linear.out_features)
+        return torch.cat([first.expand(batch, 1, -1), first + moved.sum(0).cumsum(dim=1)], dim=1)
 
     def start(self, batch_size: int, *, use_cache: bool = True) -> KeyValueCache | PrefixState:
         reference = self.positions
@@ -199,6 +352,42 @@ class TransformerPrior(Prior):
         for block, inputs in zip(self.blocks, state.inputs, strict=True):
             hidden = block.step(hidden, inputs, position)
         return self._heads(hidden), KeyValueCache(state.inputs, position + 1)
+
+    def _geometry(self, grid: Grid, device: torch.device) -> _WindowGeometry:
+        key = (grid.canvas_size, grid.patch_size, str(device))
+        if key not in self._geometries:
+            self._geometries[key] = _window_geometry(grid).to(device)
+        return self._geometries[key]
+
+
+def _frame_buffer(
+    latents: Latents, bank: Tensor, grid: Grid, geometry: _WindowGeometry, cells: Tensor, marks: Tensor, *,
+    union_masks: bool,
+) -> Tensor:  # fmt: skip
+    """Canvases c^0..c^{T-1} of `latents` (and, with union masks, the union of the location masks) in
+    `geometry`'s buffer, channels last: (B, T, nK+2, nK+2, C or C+1). The same values as `prior_frames`:
+    the same products (weight · part · whether), pasted instead of summed over cells, then a running max."""
+    batch, steps = latents.batch_size, latents.num_steps
+    k, n = grid.patch_size, grid.cells_per_side
+    used = steps - 1  # frame T is never an input
+    weight = latents.where.gather(-1, cells[..., None])[:, :used, 0]  # 1 for hard latents
+    parts = torch.einsum("btm,mckl->btckl", latents.what[:, :used], bank)
+    values = (weight[..., None, None, None] * parts) * latents.whether[:, :used, None, None, None]
+    values = values * geometry.inside[cells[:, :used]][:, :, None]  # cropped to the canvas
+    pixels = values.permute(0, 1, 3, 4, 2)  # (B, T-1, K, K, C)
+    if union_masks:
+        mask = marks[:, :used, None, None, None] * geometry.inside[cells[:, :used]][..., None]
+        pixels = torch.cat([pixels, mask], dim=-1)
+    buffer = values.new_zeros(batch, steps, geometry.side, geometry.side, pixels.shape[-1])
+    span = torch.arange(k, device=cells.device)
+    b = torch.arange(batch, device=cells.device)[:, None, None, None]
+    t = torch.arange(1, steps, device=cells.device)[None, :, None, None]
+    row = (cells[:, :used] // n * k + 1)[..., None, None] + span[:, None]
+    col = (cells[:, :used] % n * k + 1)[..., None, None] + span[None, :]
+    buffer[b, t, row, col] = pixels
+    for i in range(2, steps):  # running max: c^t = max(c^{t-1}, drawn part)
+        torch.maximum(buffer[:, i - 1], buffer[:, i], out=buffer[:, i])
+    return buffer
 
 
 @hookimpl
