@@ -120,8 +120,8 @@ class Run:
 
     def record_config(self) -> None:
         """Write the resolved config into the run directory (done by the stages, which write there). A
-        different config recorded there before is moved to stale/: it describes the artefacts the stages
-        move there when they are recomputed."""
+        different config recorded there before is moved to stale/ with its artefacts.json: they describe
+        the artefacts the stages move there (or leave in the cache) when they are recomputed."""
         path = self.path("config.yaml")
         if path.is_file():
             try:
@@ -129,7 +129,10 @@ class Run:
             except ConfigError:
                 same = False
             if not same:
-                log.info("[run] the config changed; moved the previous one to %s", archive(path))
+                tag = time.strftime("%Y%m%d-%H%M%S")
+                if self.path(ARTEFACTS).is_file():
+                    archive(self.path(ARTEFACTS), tag)
+                log.info("[run] the config changed; moved the previous one to %s", archive(path, tag))
         write_config(self.config, path)
 
     def record_artefact(self, kind: str, key: str) -> None:

@@ -171,11 +171,13 @@ def test_a_broken_metrics_line_and_artefacts_record_are_not_fatal(copy, capsys):
 def test_a_changed_config_moves_the_recorded_one_to_stale(tmp_path):
     first = Run.from_file(TINY, [f"output_dir={tmp_path}", "name=tiny"], device="cpu")
     first.record_config()
-    recorded = first.path("config.yaml").read_text()
+    first.record_artefact("bank", "0123")
+    recorded, used = first.path("config.yaml").read_text(), first.path("artefacts.json").read_text()
     first.record_config()  # the same config: nothing to keep
     assert not first.path("stale").exists()
     Run.from_file(TINY, [f"output_dir={tmp_path}", "name=tiny", "training.reg_weight=3"], device="cpu").record_config()
     assert [p.read_text() for p in first.path("stale").glob("config-*.yaml")] == [recorded]
+    assert [p.read_text() for p in first.path("stale").glob("artefacts-*.json")] == [used]
     assert "reg_weight: 3.0" in first.path("config.yaml").read_text()
 
 
