@@ -1,8 +1,9 @@
 """Parse throughput and part-bank engines side by side, on MNIST's 60,000 training images.
 
-Prints ONE JSON line: heuristic-parser throughput (images/s) over all 60,000 training images (train +
-valid) with K=5, M=50, and, on the same sampled patches (10,000 by default), each K-medoids engine's build
-time (distance matrix + medoid search, seconds) and objective (mean distance to the nearest medoid).
+Prints ONE JSON line: each parser's throughput (images/s; keys prefixed by the parser's name: `heuristic_`,
+`greedy_`) over all 60,000 training images (train + valid) with K=5, M=50 at its default ε, its parse PSNR
+and drawn parts, and, on the same sampled patches (10,000 by default), each K-medoids engine's build time
+(distance matrix + medoid search, seconds) and objective (mean distance to the nearest medoid).
 
     nice -n 10 .venv/bin/python benchmarks/bench_parse_and_bank.py
 """
@@ -36,6 +37,7 @@ def main() -> None:
     options.add_argument("--num-patches", type=int, default=10000)
     options.add_argument("--seed", type=int, default=0)
     options.add_argument("--device", default="auto")
+    options.add_argument("--parsers", nargs="+", default=["heuristic", "greedy"], help="registered parsers")
     args = options.parse_args()
 
     registry = default_registry()
@@ -87,26 +89,35 @@ def main() -> None:
     device = resolve_device(args.device)
     bank = banks["kmedoids"]
     shape = ModelShape(1, 28, 28, args.patch_size, args.bank_size)
-    parser_config = parse_component("parser", {"type": "heuristic"}, "parser", registry).config
-    parser = registry.get("parser", "heuristic").build(parser_config, shape=shape)
-    parse_images(parser, images[:2048], bank, progress=False, device=device)  # warm-up (allocator, threads)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    indices = parse_images(parser, images, bank, progress=False, device=device)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    result.update(
-        device=str(device),
-        torch_threads=torch.get_num_threads(),
-        parse_batch_size=parser.batch_size,
-        parse_seconds=round(seconds, 3),
-        parse_images_per_second=round(len(images) / seconds, 1),
-        # on a shared machine wall time depends on the neighbours; CPU time of this process much less
-        parse_images_per_cpu_second=round(len(images) / cpu_seconds, 1),
-        draw_fraction=round(float(indices["whether"].float().mean()), 4),
-        **{
-            k: round(v, 3)
-            for k, v in parse_psnr(images, render_parses(indices, bank, grid, device=device)).items()
-        },
-    )
+    result.update(device=str(device), torch_threads=torch.get_num_threads())
+    for name in args.parsers:
+        parser_config = parse_component("parser", {"type": name}, "parser", registry).config
+        parser = registry.get("parser", name).build(parser_config, shape=shape)
+        parse_images(
+            parser, images[:2048], bank, progress=False, device=device
+        )  # warm-up (allocator, threads)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        indices = parse_images(parser, images, bank, progress=False, device=device)
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        quality = parse_psnr(images, render_parses(indices, bank, grid, device=device))
+        drawn = indices["whether"].float()
+        result.update(
+            {
+                f"{name}_parse_threshold": parser_config.parse_threshold,
+                f"{name}_parse_batch_size": parser.batch_size,
+                f"{name}_parse_seconds": round(seconds, 3),
+                f"{name}_parse_images_per_second": round(len(images) / seconds, 1),
+                # on a shared machine wall time depends on the neighbours; CPU time of this process much less
+                f"{name}_parse_images_per_cpu_second": round(len(images) / cpu_seconds, 1),
+                f"{name}_parts_per_image": round(float(drawn.sum(1).mean()), 3),
+                f"{name}_draw_fraction": round(float(drawn.mean()), 4),
+                **{f"{name}_{k}": round(v, 3) for k, v in quality.items()},
+            }
+        )
+    if {"heuristic", "greedy"} <= set(args.parsers):
+        result["parse_cpu_time_ratio_greedy_to_heuristic"] = round(
+            result["heuristic_parse_images_per_cpu_second"] / result["greedy_parse_images_per_cpu_second"], 2
+        )
     print(json.dumps(result), flush=True)
 
 
