@@ -159,7 +159,7 @@ def write_results(result_grid, spec: SearchSpec, options: Options, config: dict)
         metrics = result.metrics or {}
         rows.append({
             "trial_id": metrics.get("trial_id", Path(result.path).name),
-            "status": "ERROR" if result.error else "TERMINATED",
+            "status": "ERROR" if result.error else "TERMINATED" if spec.metric in metrics else "NO RESULT",
             **{key: result.config.get(key) for key in spec.space},
             spec.metric: metrics.get(spec.metric), "epoch": metrics.get("epoch"),
             "parse_psnr": metrics.get("parse_psnr"), "time_total_s": metrics.get("time_total_s"),
