@@ -4,10 +4,13 @@
 and the Serve ingress deployment returns it from `__serve_build_asgi_app__`. Routes:
 
     POST /v1/samples              sample images (formats png, png_grid, npz, json)
+    POST /v1/decode               given latents (per step: whether, exemplar, cell) → canvas and image
+    POST /v1/encode               an image (any size, grey or colour) → its most likely latents and canvas
     GET  /v1/models               served models: dataset, shapes, bank size, training metrics
     GET  /v1/health               200 when the sampler can sample, else 503
     GET  /v1/bank/{model}.png     a model's part bank
     GET  /metrics                 Prometheus text (only when given a prometheus registry: --no-ray)
+    GET  /                        the studio: sample, inspect and edit images part by part (serving/studio/)
 
 Client mistakes are 4xx with a message naming the field: 422 invalid input, 404 unknown model, 429 (with
 Retry-After) when the sampler is overloaded. A 500 means a bug in npdraw.
@@ -16,6 +19,7 @@ Retry-After) when the sampler is overloaded. A 500 means a bug in npdraw.
 # No `from __future__ import annotations` here: FastAPI reads the route's body type from its annotation at
 # run time, and the request model is a local of create_app (its cap is a setting).
 import asyncio
+import base64
 import logging
 import math
 import secrets
@@ -24,14 +28,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from npdraw_serving.backend import Overloaded, SampleJob, SamplerBackend
 from npdraw_serving.catalog import ModelCatalog, ModelRequired, UnknownModel
 from npdraw_serving.encoding import MEDIA_TYPES, encode
+from npdraw_serving.images import png_bytes
 from npdraw_serving.metrics import Metrics
 from npdraw_serving.options import ServeOptions
-from npdraw_serving.schemas import MAX_SEED, sample_request_model
+from npdraw_serving.schemas import MAX_SEED, DecodeRequest, EncodeRequest, sample_request_model
+from npdraw_serving.studio import STATIC_DIR, InvalidInput, body, decode_job, encode_job
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +100,25 @@ def create_app(
     async def bank(model: str) -> Response:
         return Response(catalog.resolve(model).bank_png(), media_type="image/png")
 
+    @app.post("/v1/decode")
+    async def decode(request: DecodeRequest) -> JSONResponse:
+        entry = catalog.resolve(request.model)
+        result = await backend.decode(decode_job(request, entry))
+        return JSONResponse(await asyncio.to_thread(body, entry, result))
+
+    @app.post("/v1/encode")
+    async def encode_image(request: EncodeRequest) -> JSONResponse:
+        entry = catalog.resolve(request.model)
+        job = await asyncio.to_thread(encode_job, request, entry)  # image decoding and resizing: off the loop
+        result = await backend.encode(job)
+        input_png = base64.b64encode(png_bytes(job.images[0])).decode("ascii")
+        return JSONResponse(await asyncio.to_thread(body, entry, result, input_png=input_png))
+
+    @app.get("/", include_in_schema=False)
+    async def studio() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/studio", StaticFiles(directory=STATIC_DIR), name="studio")
     return app
 
 
@@ -106,6 +132,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         ]
         message = "; ".join(f"{d['field']}: {d['message']}" for d in detail)
         return JSONResponse({"detail": detail, "message": message}, status_code=422)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid_input(_: Request, error: InvalidInput) -> JSONResponse:
+        detail = [{"field": error.field, "message": error.message, "type": "value_error"}]
+        return JSONResponse({"detail": detail, "message": str(error)}, status_code=422)
 
     @app.exception_handler(UnknownModel)
     async def unknown_model(_: Request, error: UnknownModel) -> JSONResponse:
@@ -122,9 +153,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _field(loc: tuple | list) -> str:
-    """('body', 'num_samples') → 'num_samples'; the whole body → 'body'."""
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] == "body" and not isinstance(loc[-1], int) else []
-    return ".".join(parts) or "body"
+    """('body', 'num_samples') → 'num_samples'; ('body', 'latents', 'cell', 3) → 'latents.cell.3'; the
+    whole body (or an item of a body that is a list) → 'body'."""
+    if len(loc) < 2 or loc[0] != "body" or isinstance(loc[1], int):
+        return "body"
+    return ".".join(str(p) for p in loc[1:])
 
 
 def _add_metrics_middleware(app: FastAPI, metrics: Metrics) -> None:

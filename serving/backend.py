@@ -3,7 +3,9 @@
 The FastAPI app (`npdraw_serving.api`) only sees the `SamplerBackend` interface: `LocalSampler` here runs the
 models in the serving process (tests, `npdraw serve --no-ray`); `npdraw_serving.deployments` forwards to a
 Ray Serve sampler deployment that merges requests into batches. Both run jobs through `run_jobs`, so a
-result never depends on which backend, or which batch, produced it.
+result never depends on which backend, or which batch, produced it. The studio's jobs (`DecodeJob`: given
+latents → canvas and image; `EncodeJob`: images → their most likely latents) run through `run_decode` and
+`run_encode` on both backends, unbatched: one render and one decoder pass.
 """
 
 from __future__ import annotations
@@ -48,6 +50,25 @@ class SampleResult:
     batch_images: int  # images in the model call that produced this (shows batching at work)
 
 
+@dataclass(frozen=True)
+class DecodeJob:
+    """Given hard latents (N, T) of `model` → their canvases and decoded images (indices already checked
+    against the model's bank and grid; a skipped step's exemplar and cell are ignored)."""
+
+    model: str
+    whether: np.ndarray  # (N, T) bool
+    what: np.ndarray  # (N, T) int64
+    where: np.ndarray  # (N, T) int64
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """Images (N, C, H, W) float32 in [0, 1] at the model's image size → their most likely latents."""
+
+    model: str
+    images: np.ndarray
+
+
 class Overloaded(Exception):
     """The sampler's queue is full: the client should retry after `retry_after_s` (HTTP 429)."""
 
@@ -58,6 +79,10 @@ class Overloaded(Exception):
 
 class SamplerBackend(Protocol):
     async def sample(self, job: SampleJob) -> SampleResult: ...
+
+    async def decode(self, job: DecodeJob) -> SampleResult: ...
+
+    async def encode(self, job: EncodeJob) -> SampleResult: ...
 
     async def health(self) -> dict[str, Any]:
         """Details when the sampler can sample; raises when it cannot."""
@@ -100,6 +125,47 @@ def run_jobs(model: NPDraw, jobs: list[SampleJob]) -> list[SampleResult]:
             results[i] = SampleResult(**{k: v[start:stop] for k, v in arrays.items()}, batch_images=len(seeds))
             start = stop
     return results  # type: ignore[return-value]
+
+
+def run_decode(model: NPDraw, job: DecodeJob) -> SampleResult:
+    """One render and one decoder pass: the canvas of the given latents and the image shown for it."""
+    import torch
+
+    from npdraw_core.latents import Latents
+
+    latents = Latents.from_indices(
+        what=torch.as_tensor(job.what), where=torch.as_tensor(job.where), whether=torch.as_tensor(job.whether),
+        bank_size=model.bank.shape[0], num_cells=model.grid.num_cells,
+    )
+    return _decoded(model, latents.to(model.bank.device))
+
+
+def run_encode(model: NPDraw, job: EncodeJob) -> SampleResult:
+    """The posterior's most likely latents of each image (`posterior_mode`), rendered and decoded."""
+    import torch
+
+    from npdraw_core.posterior import posterior_mode
+
+    with torch.no_grad():
+        logits = model.encode(torch.as_tensor(job.images, dtype=torch.float32, device=model.bank.device))
+    return _decoded(model, posterior_mode(logits))
+
+
+def _decoded(model: NPDraw, latents) -> SampleResult:
+    import torch
+
+    with torch.no_grad():
+        canvases = model.render(latents)
+        images = model.output.mean(model.decode(canvases))
+    indices = latents.indices()
+    return SampleResult(
+        images=images.float().cpu().numpy(),
+        canvases=canvases.float().cpu().numpy(),
+        whether=indices["whether"].bool().cpu().numpy(),
+        what=indices["what"].cpu().numpy(),
+        where=indices["where"].cpu().numpy(),
+        batch_images=latents.batch_size,
+    )
 
 
 def check_can_sample(model: NPDraw) -> None:
@@ -154,6 +220,15 @@ class LocalSampler:
         self.lock = asyncio.Lock()
 
     async def sample(self, job: SampleJob) -> SampleResult:
+        return await self._queued(self._run, job)
+
+    async def decode(self, job: DecodeJob) -> SampleResult:
+        return await self._queued(lambda j: run_decode(self.pool.get(j.model), j), job)
+
+    async def encode(self, job: EncodeJob) -> SampleResult:
+        return await self._queued(lambda j: run_encode(self.pool.get(j.model), j), job)
+
+    async def _queued(self, work, job):
         if self.lock.locked() and 0 <= self.max_queued <= self.waiting:
             raise Overloaded(f"{self.waiting} requests are already waiting for the sampler", self.retry_after_s)
         self.waiting += 1
@@ -162,7 +237,7 @@ class LocalSampler:
         finally:
             self.waiting -= 1  # also when the client went away while waiting
         try:
-            return await asyncio.to_thread(self._run, job)
+            return await asyncio.to_thread(work, job)
         finally:
             self.lock.release()
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from npdraw_serving.images import grid, png_bytes
 
+BANK_PER_ROW, BANK_PAD = 10, 1  # the layout of GET /v1/bank/MODEL.png
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -45,14 +47,22 @@ class ModelEntry:
             "patch_size": self.patch_size,
             "bank_size": self.bank_size,
             "num_steps": self.num_steps,
+            "cells_per_side": self.cells_per_side,
+            "pad_before": self.pad_before,
+            "bank_image": {"per_row": BANK_PER_ROW, "pad": BANK_PAD, "scale": self.bank_scale},
             "epoch": self.epoch,
             "metrics": _finite(self.metrics),
         }
 
+    @property
+    def bank_scale(self) -> int:
+        return max(1, 32 // self.patch_size)  # 5×5 patches are unreadable at their own size
+
     def bank_png(self) -> bytes:
-        """The part bank as one PNG: exemplars in raster order (index i is row i // 10, column i % 10)."""
-        scale = max(1, 32 // self.patch_size)  # 5×5 patches are unreadable at their own size
-        return png_bytes(grid(self.bank, per_row=10, pad=1), scale=scale)
+        """The part bank as one PNG: exemplars in raster order (index i is row i // 10, column i % 10),
+        `BANK_PAD` pixels apart, each pixel repeated `bank_scale` times. Exemplar i's top-left corner is
+        at scale · (pad + (i // 10) · (K + pad)), scale · (pad + (i % 10) · (K + pad))."""
+        return png_bytes(grid(self.bank, per_row=BANK_PER_ROW, pad=BANK_PAD), scale=self.bank_scale)
 
     def cell_box(self, cell: int) -> list[int]:
         """[top, left, size] of a cell in canvas pixels (top/left may be negative: padding)."""

@@ -32,12 +32,16 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from npdraw_serving.backend import (
+    DecodeJob,
+    EncodeJob,
     Overloaded,
     SampleJob,
     SampleResult,
     check_can_sample,
     images_in,
     load_model,
+    run_decode,
+    run_encode,
     run_jobs,
 )
 from npdraw_serving.metrics import Metrics, RayFactory
@@ -109,6 +113,15 @@ class Sampler:
             self.metrics.observe_batch(outputs[0].batch_images)
         return results  # type: ignore[return-value]
 
+    async def decode(self, job: DecodeJob) -> SampleResult:
+        """The studio's edits: one render and one decoder pass, never batched (a person waits on it)."""
+        model = await self.get_model(job.model)
+        return await asyncio.to_thread(run_decode, model, job)
+
+    async def encode(self, job: EncodeJob) -> SampleResult:
+        model = await self.get_model(job.model)
+        return await asyncio.to_thread(run_encode, model, job)
+
     async def health(self) -> dict[str, Any]:
         await self.check_health()
         return {"replica": serve.get_replica_context().replica_id.unique_id, "pid": os.getpid()}
@@ -129,6 +142,19 @@ class RayBackend:
     async def sample(self, job: SampleJob) -> SampleResult:
         try:
             return await self.sampler.options(multiplexed_model_id=job.model).sample.remote(job)
+        except BackPressureError as error:
+            raise Overloaded(str(error), error.retry_after_s) from error
+
+    async def decode(self, job: DecodeJob) -> SampleResult:
+        return await self._call("decode", job)
+
+    async def encode(self, job: EncodeJob) -> SampleResult:
+        return await self._call("encode", job)
+
+    async def _call(self, method: str, job):
+        try:
+            handle = self.sampler.options(multiplexed_model_id=job.model)
+            return await getattr(handle, method).remote(job)
         except BackPressureError as error:
             raise Overloaded(str(error), error.retry_after_s) from error
 

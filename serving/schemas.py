@@ -51,3 +51,39 @@ def sample_request_model(max_samples: int) -> type[SampleRequestBase]:
         __base__=SampleRequestBase,
         num_samples=(int, Field(1, ge=1, le=max_samples, description=f"1 to {max_samples} images")),
     )
+
+
+# -- the studio's requests: POST /v1/decode and POST /v1/encode --------------------------------------------------
+
+MAX_IMAGE_CHARS = 24_000_000  # base64 of an image file of about 18 MB
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LatentsBody(Strict):
+    """Hard latents, one entry per step t = 0..T-1 in each list (T: the model's num_steps). A step with
+    `whether` false draws nothing: its exemplar and cell may be null."""
+
+    whether: list[bool] = Field(description="does step t draw a part")
+    exemplar: list[int | None] = Field(description="step t's part: an index into the bank (GET /v1/bank/MODEL.png)")
+    cell: list[int | None] = Field(description="step t's cell, raster order (row · cells_per_side + column)")
+
+
+class DecodeRequest(Strict):
+    model: str | None = Field(None, description="a served model's name; optional when one model is served")
+    latents: LatentsBody
+    source: dict | None = Field(
+        None, description="free-form provenance (the studio writes seed, temperature and edits); ignored"
+    )
+
+
+class EncodeRequest(Strict):
+    model: str | None = Field(None, description="a served model's name; optional when one model is served")
+    image: str = Field(
+        max_length=MAX_IMAGE_CHARS,
+        description="an image file (PNG, JPEG, ...) in base64, optionally as a data: URL; any size, grey or "
+        "colour: it is converted to the model's channels and resized to its image size",
+    )
+    invert: bool = Field(False, description="invert grey levels first (dark strokes on a light background)")
