@@ -90,6 +90,22 @@ def test_samples_over_http_match_the_in_process_app(service, tiny_models):  # no
     assert sample(url, model="nope").status_code == 404
 
 
+def test_the_studio_page_decode_and_encode_on_serve(service):
+    url, _ = service
+    page = httpx.get(f"{url}/", timeout=30)
+    assert page.status_code == 200 and "npdraw studio" in page.text
+    assert httpx.get(f"{url}/studio/studio.js", timeout=30).status_code == 200
+    drawn = sample(url, model="a", seed=4, format="json", return_latents=True).json()["samples"][0]
+    latents = {key: [part[key] for part in drawn["parts"]] for key in ("whether", "exemplar", "cell")}
+    decoded = httpx.post(f"{url}/v1/decode", json={"model": "a", "latents": latents}, timeout=120)
+    assert decoded.status_code == 200, decoded.text
+    assert decoded.json()["parts"] == drawn["parts"]
+    encoded = httpx.post(f"{url}/v1/encode", json={"model": "a", "image": drawn["image_png"]}, timeout=120)
+    assert encoded.status_code == 200 and len(encoded.json()["latents"]["whether"]) == 36
+    bad = httpx.post(f"{url}/v1/decode", json={"model": "a", "latents": {**latents, "cell": [99] * 36}}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "latents.cell.0"
+
+
 def test_a_second_model_is_multiplexed(service):
     url, _ = service
     a = sample(url, model="a", seed=3, format="npz")
