@@ -82,15 +82,41 @@ def canvases(latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
     return cumulative_canvases(step_maps(latents, bank, grid), latents.whether)
 
 
-def prior_frames(latents: Latents, bank: Tensor, grid: Grid, *, union_masks: bool = False) -> Tensor:
+def prior_frames(
+    latents: Latents, bank: Tensor, grid: Grid, *, union_masks: bool = False, maps: Tensor | None = None
+) -> Tensor:
     """Input frames of the prior (spec §4), (B, T, C+1, S, S): frame t holds canvas c^t and the location
     mask of step t (zero when step t was skipped); frame 0 is all zeros; position t predicts z^{t+1}.
 
-    `union_masks=True` uses the union of all past location masks instead (the authors' code).
+    `union_masks=True` uses the union of all past location masks instead (the authors' code). `maps`: the
+    latents' `step_maps`, when the caller already rendered them (each step is rendered once per loss).
     """
-    all_canvases = canvases(latents, bank, grid)  # c^1..c^T
+    maps = step_maps(latents, bank, grid) if maps is None else maps
+    all_canvases = cumulative_canvases(maps, latents.whether)  # c^1..c^T
     masks = grid.location_masks(latents.where) * latents.whether[:, :, None, None, None]  # (B, T, 1, S, S)
     if union_masks:
         masks = cumulative_max(masks)
     frames = torch.cat([all_canvases, masks], dim=2)[:, :-1]
-    return torch.cat([torch.zeros_like(frames[:, :1]), frames], dim=1)
+    blank = frames.new_zeros(frames.shape[0], 1, *frames.shape[2:])
+    return torch.cat([blank, frames], dim=1)
+
+
+def located(latents: Latents) -> bool:
+    """True when every step's `where` has exactly one nonzero weight (hard latents, and straight-through
+    ones in the forward pass): each step then draws into one cell only."""
+    return bool(((latents.where != 0).sum(-1) == 1).all())
+
+
+def render_located(latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
+    """`render` for `located` latents without per-cell maps: each step's part (weight · part · whether, the
+    same products as `step_maps`) is max-reduced into its cell, then the cells are assembled. The same
+    values as `render` for non-negative banks (parts in [0, 1]): (B, C, S, S)."""
+    batch = latents.batch_size
+    cells = latents.where.argmax(-1)
+    weight = latents.where.gather(-1, cells[..., None])[..., 0]
+    parts = torch.einsum("btm,mckl->btckl", latents.what, bank)
+    values = (weight[..., None, None, None] * parts) * latents.whether[:, :, None, None, None]
+    per_cell = values.new_zeros(batch, grid.num_cells, *values.shape[2:])
+    index = cells[:, :, None, None, None].expand_as(values)
+    per_cell.scatter_reduce_(1, index, values, reduce="amax", include_self=True)
+    return grid.assemble(per_cell)

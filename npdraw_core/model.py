@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from npdraw_core import distributions, posterior
-from npdraw_core.geometry import Grid
+from npdraw_core.geometry import Grid, final_canvas
 from npdraw_core.interfaces import Decoder, Encoder, OutputDistribution, Prior, StepLogits
-from npdraw_core.latents import Latents, render
+from npdraw_core.latents import Latents, located, render, render_located, step_maps
 from npdraw_core.sampling import (
     BLOCK_SIZE,
     blocks,
@@ -79,8 +79,8 @@ class NPDraw(nn.Module):
         """Canvas → output-distribution parameters."""
         return self.decoder(canvas)
 
-    def prior_logits(self, latents: Latents) -> StepLogits:
-        return prior_logits(self.prior, latents, self.bank, self.grid)
+    def prior_logits(self, latents: Latents, *, maps: Tensor | None = None) -> StepLogits:
+        return prior_logits(self.prior, latents, self.bank, self.grid, maps=maps)
 
     # -- training objective ----------------------------------------------------------------------------
     def loss(
@@ -101,8 +101,9 @@ class NPDraw(nn.Module):
         )
         if parse_forcing > 0:
             latents = _force_parse(latents, parse, parse_forcing, generator)
-        reconstruction = -self.output.log_prob(self.decode(self.render(latents)), images)
-        kl = distributions.kl_divergence(q_logits, self.prior_logits(latents), latents.whether)
+        maps = step_maps(latents, self.bank, self.grid)  # every step rendered once: canvas and prior frames
+        reconstruction = -self.output.log_prob(self.decode(final_canvas(maps, latents.whether)), images)
+        kl = distributions.kl_divergence(q_logits, self.prior_logits(latents, maps=maps), latents.whether)
         # −KL(p_h ‖ q) up to a constant: the cross-entropy of q against the parser's delta.
         parse_ce = -distributions.log_prob(q_logits, parse)
         loss = (reconstruction + kl + reg_weight * parse_ce).mean()
@@ -110,18 +111,35 @@ class NPDraw(nn.Module):
 
     # -- evaluation ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def log_likelihood_bound(self, images: Tensor, *, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+    def log_likelihood_bound(
+        self,
+        images: Tensor,
+        *,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        chunk_rows: int = 1000,
+    ) -> Tensor:
         """Importance-weighted bound log p(x) ≥ log (1/S) Σ_s p(x|z_s) p(z_s) / q(z_s|x), hard z_s ~ q
-        (Burda et al. 2016), per image (B,) in nats. Valid for every S ≥ 1 and tighter as S grows."""
+        (Burda et al. 2016), per image (B,) in nats. Valid for every S ≥ 1 and tighter as S grows.
+
+        Batched over samples and images: the S samples are drawn first (in the order of drawing them one
+        at a time, so a seed gives the same z_s), then rendered directly (hard latents), scored by the
+        prior from local frame changes and decoded in chunks of `chunk_rows` (sample, image) rows."""
         q_logits = self.encode(images)
+        batch = images.shape[0]
+        drawn = [posterior.sample_hard(q_logits, generator=generator) for _ in range(num_samples)]
+        latents = cat_latents(drawn)  # row s·B + i: sample s of image i
         log_weights = []
-        for _ in range(num_samples):
-            latents = posterior.sample_hard(q_logits, generator=generator)
-            log_px = self.output.log_prob(self.decode(self.render(latents)), images)
-            log_pz = distributions.log_prob(self.prior_logits(latents), latents)
-            log_qz = distributions.log_prob(q_logits, latents)
-            log_weights.append(log_px + log_pz - log_qz)
-        return torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(num_samples)
+        for start in range(0, num_samples * batch, chunk_rows):
+            rows = torch.arange(start, min(start + chunk_rows, num_samples * batch), device=images.device)
+            chunk, image_rows = latents[rows], rows % batch
+            canvas = render_located(chunk, self.bank, self.grid) if located(chunk) else self.render(chunk)
+            log_px = self.output.log_prob(self.decode(canvas), images[image_rows])
+            log_pz = distributions.log_prob(self.prior_logits(chunk), chunk)
+            q_chunk = StepLogits(*(getattr(q_logits, name)[image_rows] for name in ("whether", "what", "where")))
+            log_weights.append(log_px + log_pz - distributions.log_prob(q_chunk, chunk))
+        log_weights = torch.cat(log_weights).view(num_samples, batch)
+        return torch.logsumexp(log_weights, dim=0) - math.log(num_samples)
 
     # -- generation ------------------------------------------------------------------------------------
     @torch.no_grad()

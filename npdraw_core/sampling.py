@@ -37,7 +37,7 @@ from torch import Tensor
 from npdraw_core.distributions import scale_logits
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import Prior, StepLogits
-from npdraw_core.latents import Latents, prior_frames, render
+from npdraw_core.latents import Latents, located, prior_frames, render
 
 if TYPE_CHECKING:  # model.py imports this module
     from npdraw_core.model import NPDraw
@@ -162,19 +162,22 @@ def save_sample_grid(model: NPDraw, path: str | Path, *, seed: int, num: int = 3
     save_image(torch.cat([images, canvases]), path, nrow=8, pad_value=0.5)
 
 
-def prior_logits(prior: Prior, latents: Latents, bank: Tensor, grid: Grid) -> StepLogits:
+def prior_logits(
+    prior: Prior, latents: Latents, bank: Tensor, grid: Grid, *, maps: Tensor | None = None
+) -> StepLogits:
     """Teacher-forced logits of p(z^t | z^{<t}) for given latents, in one batched pass over all T frames.
 
     A prior with `logits_from_latents` (the transformer) computes them from the local change of each frame
     when every step draws into one cell and no gradient has to reach the latents (parses in pre-training,
     hard samples in the NLL bound): equal within float tolerance, and far cheaper than whole frames. With
     gradients into relaxed latents (VAE training) the frames are built in full, so the gradients the model
-    defines (straight-through `where` reaches every cell) stay the same."""
+    defines (straight-through `where` reaches every cell) stay the same. `maps`: the latents' step maps,
+    when the caller has rendered them already."""
     from_latents = getattr(prior, "logits_from_latents", None)
     if prior.uses_frames and from_latents is not None and _located(latents):
         return from_latents(latents, bank, grid)
     if prior.uses_frames:
-        frames = prior_frames(latents, bank, grid, union_masks=prior.union_masks)
+        frames = prior_frames(latents, bank, grid, union_masks=prior.union_masks, maps=maps)
     else:  # a context-free prior only reads the batch size and length: a stride-0 view costs nothing
         frames = latents.whether.new_zeros(()).expand(
             latents.batch_size, latents.num_steps, bank.shape[1] + 1, 1, 1
@@ -186,7 +189,7 @@ def _located(latents: Latents) -> bool:
     """True when no gradient must reach the latents and every step's `where` has one nonzero weight."""
     if torch.is_grad_enabled() and any(v.requires_grad for v in (latents.whether, latents.what, latents.where)):
         return False
-    return bool(((latents.where != 0).sum(-1) == 1).all())
+    return located(latents)
 
 
 def prior_device(prior: Prior, bank: Tensor) -> torch.device:
@@ -215,15 +218,15 @@ def _sample_steps(
     chosen = {"whether": [], "what": [], "where": []}
     was_training = prior.training
     prior.eval()
+    uniforms = _Uniforms(generator, batch, steps, bank.shape[0], device)
     try:
         state = prior.start(batch, use_cache=use_cache)
-        for _ in range(steps):
+        for step in range(steps):
             logits, state = prior.step(frame, state)
-            draw = _uniform(generator, (batch,), device) < torch.sigmoid(logits.whether / temperature)
-            what = _gumbel_argmax(scale_logits(logits.what, temperature=temperature, top_k=top_k), generator)
-            where = _gumbel_argmax(
-                scale_logits(logits.where, temperature=temperature, top_k=top_k), generator
-            )
+            u_whether, u_what, u_where = uniforms.step(step)
+            draw = u_whether < torch.sigmoid(logits.whether / temperature)
+            what = _gumbel_argmax(scale_logits(logits.what, temperature=temperature, top_k=top_k), u_what)
+            where = _gumbel_argmax(scale_logits(logits.where, temperature=temperature, top_k=top_k), u_where)
             for name, value in (("whether", draw), ("what", what), ("where", where)):
                 chosen[name].append(value)
             if prior.uses_frames:  # c^t = max(c^{t-1}, whether · Draw(part, cell)); frame t = (c^t, mask^t)
@@ -239,15 +242,35 @@ def _sample_steps(
     return Latents.from_indices(**stacked, bank_size=bank.shape[0], num_cells=steps)
 
 
-def _uniform(generator: Generators, size: tuple[int, ...], device: torch.device) -> Tensor:
-    """Uniforms of `size` (batch first): from one generator, or row i from generator i alone."""
-    if isinstance(generator, torch.Generator):
-        return torch.rand(size, generator=generator, device=generator.device).to(device)
-    rows = [torch.rand(size[1:], generator=g, device=g.device).to(device) for g in generator]
-    return torch.stack(rows)
+class _Uniforms:
+    """The uniforms of every step, (whether (B,), what (B, M), where (B, T)), in that order.
+
+    One generator: drawn step by step from it (the bulk order). One generator per sample: sample i draws
+    all its uniforms for all steps in ONE call, laid out step by step as (whether, what, where) — the same
+    numbers as drawing them step by step, since a CPU generator's torch.rand(a + b) equals rand(a) followed
+    by rand(b) — so a per-sample block costs `batch` small calls instead of 3 · batch · T."""
+
+    def __init__(self, generator: Generators, batch: int, steps: int, bank_size: int, device: torch.device):
+        self.generator, self.batch, self.sizes, self.device = generator, batch, (1, bank_size, steps), device
+        self.table = None
+        if not isinstance(generator, torch.Generator):
+            width = sum(self.sizes)
+            rows = [torch.rand(steps * width, generator=g, device=g.device).to(device) for g in generator]
+            self.table = torch.stack(rows).view(batch, steps, width)
+
+    def step(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        if self.table is None:
+            return tuple(
+                torch.rand((self.batch, size), generator=self.generator, device=self.generator.device)
+                .to(self.device)
+                .view((self.batch,) if size == 1 and n == 0 else (self.batch, size))
+                for n, size in enumerate(self.sizes)
+            )
+        whether, what, where = self.table[:, step].split(self.sizes, dim=-1)
+        return whether[:, 0], what, where
 
 
-def _gumbel_argmax(logits: Tensor, generator: Generators) -> Tensor:
+def _gumbel_argmax(logits: Tensor, uniform: Tensor) -> Tensor:
     """A categorical draw by the Gumbel-max trick (works with top-k's -inf logits): argmax(logits + G)."""
-    uniform = _uniform(generator, tuple(logits.shape), logits.device).clamp_(min=torch.finfo(logits.dtype).tiny)
+    uniform = uniform.clamp(min=torch.finfo(logits.dtype).tiny)
     return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)

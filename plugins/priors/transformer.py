@@ -287,9 +287,9 @@ class TransformerPrior(Prior):
         # mask value of each step: location_masks(where) · whether, as in prior_frames
         marks = latents.where.gather(-1, cells[..., None])[..., 0] * latents.whether
         buffer = _frame_buffer(latents, bank, grid, geometry, cells, marks, union_masks=self.union_masks)
-        # transition i (i = 0..T-2) turns frame i into frame i+1: step i draws into cell drawn[:, i] and
-        # (without union masks) the mask of step i-1 in cell removed[:, i] goes away
-        drawn, removed = cells[:, :-1], torch.cat([torch.zeros_like(cells[:, :1]), cells[:, :-2]], dim=1)
+        # transition i (i = 0..T-2) turns frame i into frame i+1: step i draws into cell drawn[:, i] (and,
+        # without union masks, the mask of step i-1 goes away)
+        drawn = cells[:, :-1]
         frame = torch.arange(batch, device=cells.device)[:, None] * steps + torch.arange(steps - 1, device=cells.device)
         rows = buffer.view(batch * steps * geometry.side, -1)
         span = torch.arange(geometry.width, device=cells.device)
@@ -301,34 +301,44 @@ class TransformerPrior(Prior):
             col_index = (geometry.col_starts[cell].flatten()[:, None] + span)[:, None, :, None]
             return picked.gather(2, col_index.expand(-1, geometry.width, -1, picked.shape[-1]))
 
-        def with_mask(pixels: Tensor, cell: Tensor, mark: Tensor | None) -> Tensor:
-            if mark is None:
-                mask = pixels.new_zeros(pixels.shape[:-1] + (1,))
-            else:
-                mask = (mark.flatten()[:, None] * geometry.own_mask[cell.flatten()]).view(pixels.shape[:-1] + (1,))
-            return torch.cat([pixels, mask], dim=-1)
-
-        if self.union_masks:  # the mask channel is in the buffer
-            stacked = [window(1, drawn), window(0, drawn)]
-        else:
-            before = window(0, removed)
-            previous = torch.cat([torch.zeros_like(marks[:, :1]), marks[:, :-2]], dim=1)
-            stacked = [
-                with_mask(window(1, drawn), drawn, marks[:, :-1]), with_mask(window(0, drawn), drawn, None),
-                with_mask(before, removed, None), with_mask(before, removed, previous),
-            ]  # fmt: skip
-        inputs = torch.stack(stacked).view(-1, geometry.width, geometry.width, channels + 1).permute(0, 3, 1, 2)
-        features = F.relu(F.conv2d(inputs, conv.weight, conv.bias, stride=2))
-        features = features.reshape(len(stacked) // 2, 2, batch * (steps - 1), -1)
-        deltas = (features[:, 0] - features[:, 1]).flatten(0, 1)  # (changes · B · (T-1), E · size²)
-        changed = torch.cat([drawn.flatten(), *([] if self.union_masks else [removed.flatten()])])
         columns = (
             torch.arange(conv.out_channels, device=cells.device)[:, None, None] * geometry.out_side**2
             + geometry.feature_index
-        ).transpose(0, 1)  # (T, E, size²): the Linear's columns of each cell's window
+        ).transpose(0, 1)  # (T, E, size²): the Linear's columns of each cell's output window
         local_weights = linear.weight[:, columns.flatten(1)].permute(1, 2, 0)  # (T, E · size², d_model)
-        moved = _per_cell_matmul(deltas, changed, local_weights).view(-1, batch, steps - 1, linear.out_features)
-        return torch.cat([first.expand(batch, 1, -1), first + moved.sum(0).cumsum(dim=1)], dim=1)
+        transitions = batch * (steps - 1)
+        bias = conv.bias.repeat_interleave(geometry.size**2)  # per output of a window, (E · size²)
+
+        def features(*windows: Tensor, weight: Tensor) -> Tensor:
+            """Pre-activation conv outputs of (B, T-1, width, width, C') windows → (n, B·(T-1), E · size²)."""
+            stacked = torch.stack(windows).view(-1, geometry.width, geometry.width, weight.shape[1])
+            return F.conv2d(stacked.permute(0, 3, 1, 2), weight, stride=2).reshape(len(windows), transitions, -1)
+
+        if self.union_masks:  # the union mask is in the buffer: delta = frame i+1 − frame i around cell j_i
+            after, before = F.relu(features(window(1, drawn), window(0, drawn), weight=conv.weight) + bias)
+            moved = _per_cell_matmul(after - before, drawn.flatten(), local_weights)
+            moved = moved.view(batch, steps - 1, -1).cumsum(dim=1)
+        else:
+            # The conv is linear, so a window's pre-activation = canvas part + (step's mark) · the conv of
+            # the cell's own mask. With Q_i / P_i the features around cell j_i in frame i+1 without / with
+            # its mask and R_i those of frame i (whose mask, elsewhere, is gone): the embedding of frame p is
+            # first + Σ_{i<p-1} L_{j_i}(Q_i − R_i) + L_{j_{p-1}}(P_{p-1} − R_{p-1}) (telescoped).
+            canvas_weight = conv.weight[:, :channels]
+            now, then = features(window(1, drawn), window(0, drawn), weight=canvas_weight) + bias
+            own = self._own_mask_features(conv, geometry)[drawn.flatten()]  # (B·(T-1), E · size²)
+            with_mask = F.relu(now + marks[:, :-1].flatten()[:, None] * own)
+            then = F.relu(then)
+            changes = torch.cat([F.relu(now) - then, with_mask - then])
+            out = _per_cell_matmul(changes, torch.cat([drawn.flatten(), drawn.flatten()]), local_weights)
+            settled, current = out.view(2, batch, steps - 1, -1)
+            moved = current + torch.cat([torch.zeros_like(settled[:, :1]), settled[:, :-1].cumsum(dim=1)], dim=1)
+        return torch.cat([first.expand(batch, 1, -1), first + moved], dim=1)
+
+    @staticmethod
+    def _own_mask_features(conv: nn.Conv2d, geometry: _WindowGeometry) -> Tensor:
+        """(T, E · size²): the mask channel's conv (no bias) of each cell's own mask in its window."""
+        masks = geometry.own_mask.view(-1, 1, geometry.width, geometry.width)
+        return F.conv2d(masks, conv.weight[:, -1:], stride=2).flatten(1)
 
     def start(self, batch_size: int, *, use_cache: bool = True) -> KeyValueCache | PrefixState:
         reference = self.positions
