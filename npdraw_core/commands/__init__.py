@@ -80,12 +80,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, config_required: bool 
 
 
 def run_from_args(args: argparse.Namespace) -> Run:
-    import torch
-
     from npdraw_core.run import Run
+    from npdraw_core.threads import configure_threads
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)  # --threads, else NPDRAW_THREADS, else a contention-safe default
     return Run.from_file(args.config, args.overrides, device=args.device)
 
 
