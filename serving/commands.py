@@ -24,7 +24,7 @@ def npdraw_register_commands(subparsers) -> None:
         "serve",
         help="serve samples of trained models over HTTP (Ray Serve, or --no-ray)",
         description="Serve samples of trained models over HTTP: POST /v1/samples, GET /v1/models, "
-        "GET /v1/health, GET /v1/bank/MODEL.png. Settings come from --config (a Serve config file such as "
+        "GET /v1/health, GET /v1/bank/MODEL.png, POST /v1/decode and /v1/encode, and the studio page at /. Settings come from --config (a Serve config file such as "
         "configs/serve.yaml: its first application's args, and its http_options), then these options.",
     )
     parser.add_argument(
@@ -103,7 +103,7 @@ def _serve_local(options, host: str, port: int) -> int:
     from npdraw_serving.app import local_app
 
     app, _ = local_app(options)
-    logger.info("npdraw serve (no Ray): http://%s:%d/v1/models, metrics at /metrics", host, port)
+    logger.info("npdraw serve (no Ray): studio at http://%s:%d/, API at /v1/models, metrics at /metrics", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
 
@@ -124,7 +124,7 @@ def _serve_ray(options, host: str, port: int, metrics_export_port: int | None) -
         serve.run(build(options), name=APP_NAME, route_prefix="/")
         metrics_port = next((node.get("MetricsExportPort") for node in ray.nodes() if node.get("Alive")), None)
         logger.info(
-            "npdraw serve: http://%s:%d/v1/models; Prometheus metrics at http://127.0.0.1:%s/metrics (Ctrl-C stops)",
+            "npdraw serve: studio at http://%s:%d/, API at /v1/models; Prometheus metrics at http://127.0.0.1:%s/metrics (Ctrl-C stops)",
             host, port, metrics_port,
         )
         while True:  # the application lives as long as this driver

@@ -639,6 +639,7 @@ def test_paste_a_region_of_another_sample(page, models, server):
     assert pasted["edits"] == ["p8.1.1.4.3"]
     donor = server.post("/v1/samples", {"model": "a", "seed": 8, "format": "json", "return_latents": True})["samples"][0]
     donor_canvas = pixels(server.post("/v1/decode", {"model": "a", "latents": latents_of(donor["parts"])})["canvas_png"])
+    np.testing.assert_array_equal(shrink(page.shown("#donor-view"), 28, 1), donor_canvas)  # the donor is shown
     canvas, original = pixels(pasted["decoded"]["canvas_png"]), pixels(before["decoded"]["canvas_png"])
     # Fig. 4 on the canvas: the region is the donor's, the rest is unchanged (cells 5 px, 1 px padding).
     k, pad = model["patch_size"], model["pad_before"]

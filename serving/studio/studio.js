@@ -569,6 +569,7 @@ async function chooseModel(name, fromUrl = false) {
   if (fromUrl) await readUrl();
   else await sampleBase(Number($("seed").value) || 0);
   await refresh();
+  await showDonor();
   return S;
 }
 
