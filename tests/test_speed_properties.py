@@ -1,0 +1,208 @@
+"""Issue 11: the fast paths compute what the model defines.
+
+* frame embeddings from local changes = embeddings of the full frames (random latents, both mask modes,
+  grey and colour, canvases that do and do not divide into cells), with the same weight gradients;
+* hard latents rendered directly = `render`;
+* the batched NLL bound = the one-sample-at-a-time bound for the same seed;
+* per-sample sampling with all of a sample's uniforms drawn at once = the per-row draws it replaced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from npdraw_core import distributions, posterior
+from npdraw_core.contracts import build_prior, contract_bank
+from npdraw_core.distributions import scale_logits
+from npdraw_core.geometry import ModelShape
+from npdraw_core.latents import Latents, prior_frames, render, render_located
+from npdraw_core.sampling import generators_for, prior_logits, sample_latents
+from npdraw_core.threads import chosen_threads, default_threads
+from npdraw_plugins.priors.transformer import TransformerPrior, TransformerPriorConfig
+
+SHAPES = [
+    ModelShape(1, 28, 28, 5, 7),  # MNIST grid: 6×6 cells, one pixel of padding on each side
+    ModelShape(3, 8, 8, 3, 5),  # colour, a canvas that does not divide into cells
+    ModelShape(3, 32, 32, 4, 6),  # colour, 8×8 cells, no padding
+    ModelShape(1, 12, 12, 4, 4),
+    ModelShape(1, 28, 28, 8, 4),  # large patches, 2 pixels of padding
+]
+SMALL = dict(d_model=16, depth=1, num_heads=2, head_dim=8, mlp_dim=32, head_hidden=16, dropout=0.0)
+PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def latents_from(shape: ModelShape, batch: int, seed: int, draw_rate: float, few_cells: bool) -> Latents:
+    """Random hard latents; `few_cells` makes steps draw again and again into the same cells."""
+    generator = torch.Generator().manual_seed(seed)
+    size = (batch, shape.num_steps)
+    cells = min(3, shape.num_steps) if few_cells else shape.num_steps
+    return Latents.from_indices(
+        what=torch.randint(shape.bank_size, size, generator=generator),
+        where=torch.randint(cells, size, generator=generator),
+        whether=(torch.rand(size, generator=generator) < draw_rate).long(),
+        bank_size=shape.bank_size,
+        num_cells=shape.num_steps,
+    )
+
+
+def prior_for(shape: ModelShape, union_masks: bool) -> TransformerPrior:
+    prior = build_prior(TransformerPrior, TransformerPriorConfig(**SMALL, union_masks=union_masks), shape)
+    with torch.no_grad():  # non-zero conv biases and larger weights: more ReLUs switch on and off
+        prior.frame_embedding[0].bias.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    return prior.eval()
+
+
+@PROPERTY
+@given(
+    shape=st.sampled_from(SHAPES),
+    union_masks=st.booleans(),
+    batch=st.integers(1, 4),
+    seed=st.integers(0, 10_000),
+    draw_rate=st.sampled_from([0.0, 0.3, 0.8, 1.0]),
+    few_cells=st.booleans(),
+)
+def test_incremental_frame_embeddings_equal_the_full_frames(shape, union_masks, batch, seed, draw_rate, few_cells):
+    prior, bank = prior_for(shape, union_masks), contract_bank(shape)
+    latents = latents_from(shape, batch, seed, draw_rate, few_cells)
+    with torch.no_grad():
+        frames = prior_frames(latents, bank, shape.grid, union_masks=union_masks)
+        full = prior.frame_embedding(frames.flatten(0, 1)).view(batch, shape.num_steps, -1)
+        incremental = prior.embed_latents(latents, bank, shape.grid)
+        torch.testing.assert_close(incremental, full, rtol=1e-5, atol=5e-5)
+        fast = prior.logits_from_latents(latents, bank, shape.grid)
+        slow = prior(frames)
+    for name in ("whether", "what", "where"):
+        torch.testing.assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-5, atol=5e-5)
+
+
+@pytest.mark.parametrize("union_masks", [False, True])
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=str)
+def test_incremental_path_gives_the_weight_gradients_of_the_full_frames(shape, union_masks):
+    """Prior pre-training differentiates through the local path: the same gradients for every weight."""
+    prior, bank = prior_for(shape, union_masks), contract_bank(shape)
+    latents = latents_from(shape, 5, seed=3, draw_rate=0.6, few_cells=False)
+
+    def gradients(logits_of) -> dict[str, torch.Tensor]:
+        prior.zero_grad()
+        (-distributions.log_prob(logits_of(), latents)).mean().backward()
+        return {name: p.grad.clone() for name, p in prior.named_parameters()}
+
+    slow = gradients(lambda: prior(prior_frames(latents, bank, shape.grid, union_masks=union_masks)))
+    fast = gradients(lambda: prior.logits_from_latents(latents, bank, shape.grid))
+    for name in slow:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_prior_logits_take_the_full_frames_when_gradients_reach_the_latents():
+    shape = SHAPES[0]
+    prior, bank = prior_for(shape, False), contract_bank(shape)
+    latents = latents_from(shape, 2, seed=0, draw_rate=0.5, few_cells=False)
+    soft_what = latents.what.clone().requires_grad_(True)
+    relaxed = Latents(latents.whether, soft_what, latents.where)
+    logits = prior_logits(prior, relaxed, bank, shape.grid)
+    distributions.log_prob(logits, latents).sum().backward()
+    assert soft_what.grad is not None and soft_what.grad.abs().sum() > 0
+
+
+@PROPERTY
+@given(shape=st.sampled_from(SHAPES), seed=st.integers(0, 10_000), draw_rate=st.sampled_from([0.0, 0.5, 1.0]))
+def test_hard_latents_rendered_directly_equal_render(shape, seed, draw_rate):
+    latents = latents_from(shape, 3, seed, draw_rate, few_cells=seed % 2 == 0)
+    bank = contract_bank(shape)
+    assert torch.equal(render_located(latents, bank, shape.grid), render(latents, bank, shape.grid))
+
+
+def test_batched_bound_equals_the_bound_one_sample_at_a_time(model_parts):
+    model, images = model_parts
+    generator = torch.Generator().manual_seed(4)
+    batched = model.log_likelihood_bound(images, num_samples=7, generator=generator, chunk_rows=9)
+    generator = torch.Generator().manual_seed(4)
+    q_logits = model.encode(images)
+    weights = []
+    with torch.no_grad():
+        for _ in range(7):
+            latents = posterior.sample_hard(q_logits, generator=generator)
+            log_px = model.output.log_prob(model.decode(render(latents, model.bank, model.grid)), images)
+            frames = prior_frames(latents, model.bank, model.grid, union_masks=model.prior.union_masks)
+            log_pz = distributions.log_prob(model.prior(frames), latents)
+            weights.append(log_px + log_pz - distributions.log_prob(q_logits, latents))
+    reference = torch.logsumexp(torch.stack(weights), dim=0) - math.log(7)
+    torch.testing.assert_close(batched, reference, rtol=1e-5, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def model_parts():
+    from npdraw_core.model import NPDraw
+    from npdraw_plugins.decoders import ConvDecoder, ConvDecoderConfig
+    from npdraw_plugins.encoders import ConvEncoder, ConvEncoderConfig
+    from npdraw_plugins.output_distributions import Bernoulli
+
+    shape = ModelShape(1, 28, 28, 5, 7)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = ConvEncoder(ConvEncoderConfig(channels=8), shape=shape)
+        decoder = ConvDecoder(ConvDecoderConfig(channels=8), shape=shape, out_channels=1)
+    model = NPDraw(
+        bank=contract_bank(shape), grid=shape.grid, prior=prior_for(shape, False), encoder=encoder,
+        decoder=decoder, output=Bernoulli(channels=1),
+    ).eval()  # fmt: skip
+    images = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(2)) < 0.2).float()
+    return model, images
+
+
+def reference_per_row_sampler(prior, bank, grid, generators, *, temperature=1.0, top_k=None) -> dict:
+    """The per-sample sampler before issue 11: one torch.rand per row, step and draw (full recompute)."""
+    batch, steps = len(generators), grid.num_cells
+    canvas = torch.zeros(batch, bank.shape[1], grid.canvas_size, grid.canvas_size)
+    mask = torch.zeros(batch, 1, grid.canvas_size, grid.canvas_size)
+    chosen = {"whether": [], "what": [], "where": []}
+    state = prior.start(batch, use_cache=True)
+    frame = torch.cat([canvas, mask], dim=1)
+
+    def rows(size):
+        return torch.stack([torch.rand(size, generator=g) for g in generators])
+
+    def gumbel(logits):
+        uniform = rows(logits.shape[1:]).clamp_(min=torch.finfo(logits.dtype).tiny)
+        return (logits - torch.log(-torch.log(uniform))).argmax(-1)
+
+    with torch.no_grad():
+        for _ in range(steps):
+            logits, state = prior.step(frame, state)
+            draw = rows(()) < torch.sigmoid(logits.whether / temperature)
+            what = gumbel(scale_logits(logits.what, temperature=temperature, top_k=top_k))
+            where = gumbel(scale_logits(logits.where, temperature=temperature, top_k=top_k))
+            for name, value in (("whether", draw), ("what", what), ("where", where)):
+                chosen[name].append(value)
+            gate = draw.float()[:, None, None, None]
+            cell = torch.nn.functional.one_hot(where, steps).float()[:, None]
+            canvas = torch.maximum(canvas, grid.draw(bank[what][:, None], cell)[:, 0] * gate)
+            mask = grid.location_masks(cell)[:, 0] * gate
+            frame = torch.cat([canvas, mask], dim=1)
+    return {name: torch.stack(values, dim=1) for name, values in chosen.items()}
+
+
+@settings(max_examples=8, deadline=None)
+@given(seeds=st.lists(st.integers(0, 2**40), min_size=1, max_size=5), top_k=st.sampled_from([None, 3]))
+def test_per_sample_uniforms_drawn_at_once_give_the_samples_of_per_row_draws(seeds, top_k):
+    shape = SHAPES[3]
+    prior, bank = prior_for(shape, False), contract_bank(shape)
+    options = dict(temperature=0.9, top_k=top_k)
+    new = sample_latents(prior, bank, shape.grid, len(seeds), generator=generators_for(seeds), block_size=len(seeds), **options)
+    old = reference_per_row_sampler(prior, bank, shape.grid, generators_for(seeds), **options)
+    for name, values in new.indices().items():
+        assert torch.equal(values.long(), old[name].long()), name
+
+
+def test_thread_choice(monkeypatch):
+    assert default_threads(2) == 1 and default_threads(4) == 1 and default_threads(16) == 8
+    monkeypatch.setenv("NPDRAW_THREADS", "3")
+    assert chosen_threads() == 3 and chosen_threads(2) == 2
+    monkeypatch.setenv("NPDRAW_THREADS", "zero")
+    with pytest.raises(ValueError, match="NPDRAW_THREADS"):
+        chosen_threads()
