@@ -275,7 +275,7 @@ function boxes(cells) { // one rectangle per cell, or one around a region {r0, c
 
 function marks() {
   const list = [];
-  if (studio.region) list.push({ cells: studio.region, color: "#ffb000", fill: "rgba(255, 176, 0, 0.15)" });
+  if (studio.region) list.push({ cells: studio.region, color: "#ffb000", fill: "rgba(255, 176, 0, 0.12)" });
   if (studio.drag && studio.drag.to !== undefined && studio.drag.to !== studio.drag.from) {
     list.push({ cells: [studio.drag.from], color: "#4fc3f7" }, { cells: [studio.drag.to], color: "#ffb000" });
   }
@@ -293,7 +293,7 @@ function drawViews() {
 
 function drawOverlays() {
   const list = marks();
-  overlay($("image-view"), { gridLines: false, marks: list });
+  overlay($("image-view"), { gridLines: false, marks: list.map((mark) => ({ ...mark, fill: null })) });
   overlay($("canvas-view"), { marks: list });
   overlay($("donor-view"), { marks: studio.region ? [list[0]] : [] });
 }
@@ -401,8 +401,11 @@ function setRegion(a, b) {
   const [ra, ca] = rowCol(a), [rb, cb] = rowCol(b);
   studio.region = { r0: Math.min(ra, rb), c0: Math.min(ca, cb), r1: Math.max(ra, rb), c1: Math.max(ca, cb) };
   const [[top, left, h, w]] = boxes(studio.region);
+  const { S } = grid();
+  const [y0, x0, y1, x1] = [Math.max(top, 0), Math.max(left, 0), Math.min(top + h, S), Math.min(left + w, S)];
   const r = studio.region;
-  $("region").textContent = `rows ${r.r0}–${r.r1}, columns ${r.c0}–${r.c1} (canvas region ${top},${left},${h},${w})`;
+  $("region").textContent = `rows ${r.r0}–${r.r1}, columns ${r.c0}–${r.c1} ` +
+    `(canvas region ${y0},${x0},${y1 - y0},${x1 - x0}: top,left,height,width)`;
   $("paste").disabled = false;
   drawOverlays();
 }
