@@ -65,9 +65,11 @@ def finished(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def copy(finished, tmp_path) -> Path:
-    """A copy of the finished output root, to damage."""
+    """A copy of the finished output root, to damage; its records name the copy, as a run there would."""
     root = tmp_path / "out"
     shutil.copytree(finished, root)
+    for record in (root / "tiny" / "config.yaml", root / "tiny" / "artefacts.json"):
+        record.write_text(record.read_text().replace(str(finished), str(root)))
     return root
 
 
