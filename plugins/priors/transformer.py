@@ -305,7 +305,9 @@ class TransformerPrior(Prior):
             torch.arange(conv.out_channels, device=cells.device)[:, None, None] * geometry.out_side**2
             + geometry.feature_index
         ).transpose(0, 1)  # (T, E, size²): the Linear's columns of each cell's output window
-        local_weights = linear.weight[:, columns.flatten(1)].permute(1, 2, 0)  # (T, E · size², d_model)
+        # index_select, not indexing: its backward adds the overlapping windows' gradients in a fixed order
+        local_weights = linear.weight.index_select(1, columns.flatten()).view(linear.out_features, *columns.shape[:1], -1)
+        local_weights = local_weights.permute(1, 2, 0)  # (T, E · size², d_model)
         transitions = batch * (steps - 1)
         bias = conv.bias.repeat_interleave(geometry.size**2)  # per output of a window, (E · size²)
 
@@ -325,7 +327,7 @@ class TransformerPrior(Prior):
             # first + Σ_{i<p-1} L_{j_i}(Q_i − R_i) + L_{j_{p-1}}(P_{p-1} − R_{p-1}) (telescoped).
             canvas_weight = conv.weight[:, :channels]
             now, then = features(window(1, drawn), window(0, drawn), weight=canvas_weight) + bias
-            own = self._own_mask_features(conv, geometry)[drawn.flatten()]  # (B·(T-1), E · size²)
+            own = self._own_mask_features(conv, geometry).index_select(0, drawn.flatten())  # (B·(T-1), E · size²)
             with_mask = F.relu(now + marks[:, :-1].flatten()[:, None] * own)
             then = F.relu(then)
             changes = torch.cat([F.relu(now) - then, with_mask - then])
