@@ -7,6 +7,7 @@ The CLI imports this module to build its parser, so it imports neither torch nor
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ def _serve_local(options, host: str, port: int) -> int:
 
 
 def _serve_ray(options, host: str, port: int, metrics_export_port: int | None) -> int:
+    if host in ("127.0.0.1", "localhost"):  # Ray otherwise swaps 127.0.0.1 for the machine's network address
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from ray import serve
 
