@@ -199,7 +199,7 @@ def main() -> None:
         lambda: prior_step(lambda: trainable.logits_from_latents(small, bank, grid)),
         repeats,
     )
-    m = len(small)
+    m = small.batch_size
     result.update(prior_step_old_images_per_s=round(m / old_s, 1), prior_step_new_images_per_s=round(m / new_s, 1),
                   prior_step_ratio=round(old_s / new_s, 2))  # fmt: skip
 
