@@ -74,8 +74,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, config_required: bool 
     )
     parser.add_argument(
         "--threads", type=positive_int, default=None,
-        help="CPU threads for torch (default: all cores). On a machine shared with other jobs, 1 is often "
-        "several times faster than oversubscribing the cores",
+        help="CPU threads for torch (default: $NPDRAW_THREADS, else 1 on up to 4 cores and half the cores "
+        "above: more threads collapse as soon as another process shares the cores)",
     )
 
 
