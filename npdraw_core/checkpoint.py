@@ -98,7 +98,7 @@ def load_checkpoint(
             f"whose loading could execute code ({reason or one_line(str(error))}). Only load checkpoints written "
             "by npdraw or another trusted source"
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:  # truncated, empty or not a torch file
+    except Exception as error:  # truncated, empty or random bytes: the unpickler can fail in any way
         raise CheckpointError(
             f"cannot read {str(path)!r}: it is damaged or not a checkpoint ({type(error).__name__}: "
             f"{one_line(str(error))}). A truncated file usually means a full disk or a copy that stopped early"
