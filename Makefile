@@ -15,7 +15,7 @@ test: venv
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check npdraw_core plugins serving tune tests benchmarks
+	$(VENV)/bin/ruff check npdraw_core plugins serving tune baselines experiments tests benchmarks
 
 bench: venv
 	$(PY) benchmarks/bench_parse_and_bank.py
