@@ -40,6 +40,9 @@ def test_run_writes_every_artefact(finished_run):
     assert {"bank", "parse", "prior", "train", "eval", "run"} <= set(stages)
     evaluation = [r for r in read_metrics(finished_run / "metrics.jsonl") if r["stage"] == "eval"][-1]
     assert 0 < evaluation["nll_nats"] < 543.6  # better than independent pixels at p = 0.5 (784 · ln 2)
+    # the CPU time of every stage, the budget a comparison with another model grants
+    cpu = [r for r in read_metrics(finished_run / "metrics.jsonl") if r["stage"] == "run"][-1]["cpu_seconds"]
+    assert sorted(cpu) == sorted(["bank", "parse", "prior", "train", "eval"]) and cpu["train"] > 0
 
 
 @pytest.mark.slow
