@@ -112,6 +112,41 @@ def component(kind: str, default_type: str) -> Any:
     return field(default_factory=lambda: {"type": default_type}, metadata={"component": kind})
 
 
+SplitType = Literal["digits", "characters", "alphabets", "samples"]
+SPLIT_TYPES: tuple[str, ...] = typing.get_args(SplitType)
+
+
+@dataclass
+class SplitConfig:
+    """`data.split`: a low-data regime of the paper's §4.2, applied to the training images of any dataset by
+    `npdraw_core.splits` (test stays whole). `digits`: the first round(fraction × classes) labels in label
+    order (MNIST: digits 0..d); `characters`: a seeded random fraction of the labels (Omniglot's labels are
+    its characters); `alphabets`: a seeded random fraction of the `alphabet` values (Omniglot); `samples`:
+    a seeded random fraction of the images."""
+
+    type: SplitType
+    fraction: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (finite(self.fraction) and 0.0 < self.fraction <= 1.0):
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}; remove data.split to use every image")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+
+
+@dataclass
+class DataConfig(ComponentConfig):
+    """The `data:` section: the dataset component plus an optional low-data `split` (outside the dataset's
+    own config, so that every dataset plugin gets it). Without a split it hashes and prints exactly like a
+    plain component, so cache keys of runs without one do not change."""
+
+    split: SplitConfig | None = None
+
+    def to_dict(self) -> dict:
+        return to_plain(self)
+
+
 @dataclass
 class ModelConfig:
     canvas_size: int = 28
@@ -197,7 +232,7 @@ class RunConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     output_dir: str = path_field("runs")
     stages: list[str] = field(default_factory=lambda: ["bank", "parse", "prior", "train", "eval"])
-    data: ComponentConfig = component("dataset", "mnist")
+    data: DataConfig = component("dataset", "mnist")
     model: ModelConfig = field(default_factory=ModelConfig)
     prior_training: PriorTrainingConfig = field(default_factory=PriorTrainingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -338,7 +373,8 @@ def _drop_keys_of_old_type(
     if old_type == new_type or new_type not in registry.components.get(kind, {}):
         return  # an unknown new type keeps the keys: parsing reports the type with the available names
     path = ".".join(parts)
-    dropped = [key for key in section if key != "type" and f"{path}.{key}" not in from_overrides]
+    kept = ("type", "split") if kind == "dataset" else ("type",)  # data.split belongs to every dataset
+    dropped = [key for key in section if key not in kept and f"{path}.{key}" not in from_overrides]
     for key in dropped:
         del section[key]
     if dropped:
@@ -407,7 +443,10 @@ def parse_dataclass(cls: type, data: Any, path: str, registry: Registry):
                 raw = {}
             if isinstance(raw, Mapping) and "type" not in raw:
                 raw = {**fld.default_factory(), **raw}  # keys without a type refine the default component
-            values[name] = parse_component(fld.metadata["component"], raw, key_path, registry)
+            if fld.metadata["component"] == "dataset":
+                values[name] = parse_data(raw, key_path, registry)
+            else:
+                values[name] = parse_component(fld.metadata["component"], raw, key_path, registry)
         elif dataclasses.is_dataclass(hints[name]):
             raw = data.get(name, {})
             values[name] = parse_dataclass(hints[name], {} if raw is None else raw, key_path, registry)
@@ -452,6 +491,20 @@ def parse_component(kind: str, data: Any, path: str, registry: Registry) -> Comp
     except UnknownComponentError as error:
         raise ConfigError(f"{path}.type: {error}") from None
     return ComponentConfig(str(type_name), parse_dataclass(registered.config_class, options, path, registry))
+
+
+def parse_data(data: Any, path: str, registry: Registry) -> DataConfig:
+    """The `data:` section: its `split` key (if any) is a SplitConfig, the other keys the dataset's."""
+    if isinstance(data, ComponentConfig):
+        data = to_plain(data)
+    split = None
+    if isinstance(data, Mapping) and "split" in data:
+        data = dict(data)
+        raw_split = data.pop("split")
+        if raw_split is not None:
+            split = parse_dataclass(SplitConfig, raw_split, f"{path}.split", registry)
+    chosen = parse_component("dataset", data, path, registry)
+    return DataConfig(chosen.type, chosen.config, split)
 
 
 def coerce(value: Any, annotation: Any, path: str, registry: Registry) -> Any:
@@ -514,7 +567,10 @@ def _join(path: str, key: str) -> str:
 def to_plain(value: Any) -> Any:
     """Dataclasses and component configs → plain dicts/lists, ready for YAML, JSON and Ray workers."""
     if isinstance(value, ComponentConfig):
-        return {"type": value.type, **to_plain(value.config)}
+        plain = {"type": value.type, **to_plain(value.config)}
+        if getattr(value, "split", None) is not None:  # DataConfig: only a set split (keys stay as before)
+            plain["split"] = to_plain(value.split)
+        return plain
     if dataclasses.is_dataclass(value):
         return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list | tuple):
