@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from npdraw_core.data import minibatch_indices, prepare_images, to_unit
@@ -18,17 +21,36 @@ from npdraw_core.fid import (
     score_name,
 )
 from npdraw_core.interfaces import ImageSet
-from npdraw_core.model import NPDraw
 from npdraw_core.run import Run
 
 
+class ScoredModel(Protocol):
+    """What evaluation needs of a model: NPDraw, or a comparison model such as the VAE baseline
+    (`npdraw_baselines.vae.ConvVAE`), is scored by the same code."""
+
+    def log_likelihood_bound(self, images: Tensor, *, num_samples: int, generator: torch.Generator | None) -> Tensor:
+        """Importance-weighted lower bound on log p(x), per image (B,), in nats."""
+
+    def sample(self, num_samples: int, *, generator: torch.Generator, temperature: float = 1.0) -> tuple:
+        """A tuple whose first element is the images shown to users (B, C, H, W) in [0, 1]."""
+
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+
+    def eval(self) -> nn.Module: ...
+
+
+def model_device(model: ScoredModel) -> torch.device:
+    """Where the model's weights are (and so where its generators must live)."""
+    return next(model.parameters()).device
+
+
 def negative_log_likelihood(
-    model: NPDraw, test: ImageSet, *, binary: bool, num_samples: int, batch_size: int, seed: int = 0
+    model: ScoredModel, test: ImageSet, *, binary: bool, num_samples: int, batch_size: int, seed: int = 0
 ) -> dict[str, float]:
     """Mean −log p(x) bound over `test` in nats per image (and bits/dim). Binary data sets are binarised
     once with a fixed seed, so every model is scored on the same binary test set."""
     model.eval()
-    device = model.bank.device
+    device = model_device(model)
     binarize_generator = torch.Generator().manual_seed(seed)
     sample_generator = torch.Generator(device=device).manual_seed(seed + 1)
     total, started = 0.0, time.perf_counter()
@@ -48,9 +70,10 @@ def negative_log_likelihood(
 
 
 @torch.no_grad()
-def generate(model: NPDraw, num_samples: int, *, batch_size: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+def generate(model: ScoredModel, num_samples: int, *, batch_size: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
     """`num_samples` images in [0, 1] on the CPU (the output distribution's mean), in batches."""
-    generator = torch.Generator(device=model.bank.device).manual_seed(seed)
+    model.eval()
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
     chunks = []
     for start in tqdm(range(0, num_samples, batch_size), desc="sample", leave=False):
         images, _, _ = model.sample(min(batch_size, num_samples - start), generator=generator, temperature=temperature)
@@ -58,8 +81,9 @@ def generate(model: NPDraw, num_samples: int, *, batch_size: int, seed: int, tem
     return torch.cat(chunks)
 
 
-def evaluate(run: Run, model: NPDraw) -> dict[str, float]:
-    """The `eval` stage: NLL bound on the test set and FID of samples against it, logged and returned."""
+def evaluate(run: Run, model: ScoredModel) -> dict[str, float]:
+    """The `eval` stage: NLL bound on the test set and FID of samples against it, logged (to the run
+    directory's metrics) and returned."""
     settings, dataset = run.config.evaluation, run.dataset
     test = run.dataset.load("test")
     results: dict[str, float] = {}
