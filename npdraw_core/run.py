@@ -40,6 +40,7 @@ from npdraw_core.config import (
 from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.interfaces import Dataset
 from npdraw_core.registry import Registry, default_registry
+from npdraw_core.splits import build_dataset
 from npdraw_core.stage_cache import StageCache
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class Run:
 
     @cached_property
     def dataset(self) -> Dataset:
-        return self.build("dataset", self.config.data)
+        return build_dataset(self.config.data, self.registry)  # the plugin's, with data.split if set
 
     @property
     def grid(self) -> Grid:

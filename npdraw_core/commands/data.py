@@ -1,6 +1,7 @@
 """`npdraw data`: look at a dataset, or convert images into the generic npz dataset format.
 
-    npdraw data inspect [CONFIG] [--set data.root=...]   per split: count, shape, dtype, pixel mean, labels
+    npdraw data inspect [CONFIG] [--set data.root=...]   per split: count, shape, dtype, pixel mean, labels;
+                                                          with data.split: what the low-data split keeps
     npdraw data import SRC --to FILE.npz                  SRC: a folder of images, or a run config's dataset
 
 The npz written holds `images` uint8 (N, C, H, W) and, when known, `labels` int64 (N,) and `class_names`;
@@ -29,7 +30,9 @@ def register(subparsers) -> None:
     )
     actions = parser.add_subparsers(dest="data_action", metavar="ACTION", required=True)
 
-    inspect = actions.add_parser("inspect", help="print count, shape, dtype, pixel mean and labels per split")
+    inspect = actions.add_parser(
+        "inspect", help="print count, shape, dtype, pixel mean and labels per split, and what data.split keeps"
+    )
     inspect.add_argument(
         "config", nargs="?", help="YAML run config whose data: section is read (default: bundled MNIST)"
     )
@@ -62,18 +65,19 @@ def register(subparsers) -> None:
 def add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.root=../shared/data/omniglot (repeatable)",
+        help="override a config value, e.g. --set data.root=../shared/data/omniglot or "
+        "--set 'data.split={type: digits, fraction: 0.3, seed: 0}' (repeatable)",
     )  # fmt: skip
 
 
 def build_dataset(args: argparse.Namespace) -> tuple[Dataset, str]:
     from npdraw_core.config import load_config
     from npdraw_core.registry import default_registry
+    from npdraw_core.splits import build_dataset as build_with_split
 
     registry = default_registry()
     chosen = load_config(args.config, args.overrides, registry=registry).data
-    dataset = registry.get("dataset", chosen.type).build(chosen.config)
-    return dataset, chosen.type
+    return build_with_split(chosen, registry), chosen.type
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,10 +111,33 @@ def summarize(dataset: Dataset) -> dict[str, dict]:
     return summary
 
 
+def format_split(info: dict) -> list[str]:
+    """What `npdraw_core.splits.describe` reports, as the lines `data inspect` prints above the splits."""
+    lines = [f"split {info['type']}: fraction {info['fraction']}, seed {info['seed']}"]
+    unit = {"label": "labels", "alphabet": "alphabets", "image": "images"}[info["unit"]]
+    if info["kept"] is None:
+        lines.append(f"       keeps {info['train'] + info['valid']:,} of the {info['pool']:,} train+valid images")
+    else:
+        kept = info["kept"]
+        shown = ", ".join(map(str, kept[:MAX_LISTED_CLASSES])) + (f", … ({len(kept) - MAX_LISTED_CLASSES} more)" if len(kept) > MAX_LISTED_CLASSES else "")
+        lines.append(f"       keeps {len(kept)} of {info['available']} {unit}: {shown}")
+        if info.get("kept_names"):
+            lines.append(f"       alphabets: {', '.join(info['kept_names'])}")
+        if "test_seen" in info:
+            lines.append(f"       test is whole: {info['test_seen']:,} of its {info['test']:,} images are of kept {unit}")
+    lines.append(f"       train {info['train']:,} + valid {info['valid']:,} (valid: the last of the kept images); test {info['test']:,}")
+    return lines
+
+
 def format_summary(dataset: Dataset, name: str) -> str:
+    from npdraw_core.splits import describe
+
     lines = [
         f"dataset {name}: channels={dataset.channels} image_size={dataset.image_size} binary={dataset.binary}",
     ]
+    split = describe(dataset)
+    if split is not None:
+        lines += format_split(split)
     for split, info in summarize(dataset).items():
         mean = ", ".join(f"{v:.4f}" for v in info["mean"])
         lines.append(
