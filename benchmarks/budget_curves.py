@@ -1,0 +1,147 @@
+"""Issue 13: NP-DRAW against the VAE baseline at the same CPU budgets on MNIST. Prints ONE JSON line and
+writes OUT/budget_mnist.csv and OUT/budget_mnist.png (copy them to docs/).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_curves.py --out runs/budget
+
+Each budget point is an NP-DRAW config (below); `npdraw run --stages train` trains it in OUT (bank and
+parses are shared by the points and computed once: their CPU time is counted in every point). A point's
+budget is its measured process CPU time (bank + parse + prior + VAE, 1 thread), which is fair when other
+processes share the cores. The baseline (`npdraw_baselines`, the same encoder/decoder widths and data
+pipeline, every training image) then trains for the budget or that CPU time, whichever is more: one run
+continued from budget to budget (its schedule does not depend on the budget, so this equals separate runs
+up to the epoch cut).
+Both models are scored the same way: FID-LeNet of `--fid-samples` samples for each of `--seeds` (one set's
+FID moves by about 2) and the 50-sample NLL bound on the first `--nll-images` test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# budget label (CPU-minutes aimed at) → run name, NP-DRAW config and overrides
+POINTS = {
+    10: ("demo", "configs/demo.yaml", []),
+    20: ("mnist_cpu_20", "configs/mnist_cpu.yaml", ["prior_training.epochs=2", "prior_training.max_train_images=40000",
+                                                    "training.epochs=2", "training.max_train_images=25000"]),
+    40: ("mnist_cpu", "configs/mnist_cpu.yaml", []),
+}
+COMPUTED_ONCE = ("bank", "parse")
+
+
+def npdraw_run(out: Path, budget: int) -> tuple[Path, dict[str, float]]:
+    """Train the NP-DRAW point (skipped when done) and return its run dir and CPU seconds by stage."""
+    name, config, overrides = POINTS[budget]
+    sets = [f"output_dir={out}", f"name={name}", *overrides]
+    command = [sys.executable, "-m", "npdraw_core", "run", str(REPO / config), "--stages", "train", "--threads", "1"]
+    subprocess.run([*command, *(arg for s in sets for arg in ("--set", s))], check=True, cwd=REPO)
+    records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    spent: dict[str, float] = {}
+    for record in records:  # a resumed run adds the CPU of each attempt
+        if record["stage"] == "run":
+            for stage, seconds in record.get("cpu_seconds", {}).items():
+                spent[stage] = spent.get(stage, 0.0) + seconds
+    return out / name, spent
+
+
+def evaluate(model, config, run_dir: Path, *, seeds: list[int], nll_images: int, fid_samples: int) -> dict:
+    from npdraw_baselines.training import baseline_run, with_evaluation
+
+    from npdraw_core.evaluation import evaluate as score
+
+    results: dict = {}
+    for index, seed in enumerate(seeds):
+        scored = with_evaluation(dataclasses.replace(config, seed=seed), fid_samples=fid_samples,
+                                 nll_images=nll_images if index == 0 else 0, nll_samples=50)  # fmt: skip
+        metrics = score(baseline_run(scored, run_dir), model)
+        results.setdefault("fid_lenet", []).append(round(metrics["fid_lenet"], 3))
+        if index == 0:
+            results["nll_nats"] = round(metrics["nll_nats"], 2)
+    return results
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for model, marker in (("NP-DRAW", "o"), ("VAE", "s")):
+        mine = [r for r in rows if r["model"] == model]
+        minutes = [r["cpu_minutes"] for r in mine]
+        axes[0].errorbar(minutes, [r["fid_lenet_mean"] for r in mine], yerr=[r["fid_lenet_spread"] for r in mine],
+                         marker=marker, label=model, capsize=3)  # fmt: skip
+        axes[1].plot(minutes, [r["nll_nats"] for r in mine], marker=marker, label=model)
+    axes[0].set(xlabel="CPU-minutes (1 thread)", ylabel="FID-LeNet (lower is better)", yscale="log")
+    axes[1].set(xlabel="CPU-minutes (1 thread)", ylabel="test NLL, nats (lower is better)")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle("MNIST: NP-DRAW vs a plain VAE at the same CPU budget")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    options = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    options.add_argument("--out", type=Path, default=REPO / "runs" / "budget")
+    options.add_argument("--budgets", type=int, nargs="+", default=sorted(POINTS), choices=sorted(POINTS))
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    options.add_argument("--nll-images", type=int, default=1000)
+    options.add_argument("--fid-samples", type=int, default=10000)
+    args = options.parse_args()
+    os.environ.setdefault("NPDRAW_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from npdraw_baselines.training import load_baseline, train_baseline
+
+    from npdraw_core.config import load_config
+    from npdraw_core.model_file import load_trained
+
+    out = args.out.resolve()
+    points = {budget: npdraw_run(out, budget) for budget in sorted(args.budgets)}
+    once = {stage: max(spent.get(stage, 0.0) for _, spent in points.values()) for stage in COMPUTED_ONCE}
+    rows = []
+    baseline_config = load_config(REPO / POINTS[max(POINTS)][1], [f"output_dir={out}", "training.max_train_images=null"])
+    for budget, (run_dir, spent) in points.items():
+        cpu = sum(spent.get(stage, 0.0) for stage in ("prior", "train")) + sum(once.values())
+        model = load_trained(run_dir)
+        config = load_config(run_dir / "config.yaml")
+        scores = evaluate(model, config, out / f"eval_npdraw_{budget}", seeds=args.seeds,
+                          nll_images=args.nll_images, fid_samples=args.fid_samples)  # fmt: skip
+        rows.append({"model": "NP-DRAW", "budget": budget, "cpu_minutes": round(cpu / 60, 2), **scores})
+        # the baseline gets the budget or NP-DRAW's CPU time, whichever is more: it continues to there and
+        # a copy of it is scored (a copy made earlier, e.g. by a run in the background, is used as it is)
+        scored_dir = out / f"baseline_{budget}"
+        if not (scored_dir / "baseline.pt").exists():
+            train_baseline(baseline_config, out / "baseline", cpu_minutes=max(budget, cpu / 60))
+            scored_dir.mkdir(exist_ok=True)
+            shutil.copyfile(out / "baseline" / "baseline.pt", scored_dir / "baseline.pt")
+        loaded = load_baseline(scored_dir)
+        scores = evaluate(loaded.model, baseline_config, scored_dir, seeds=args.seeds, nll_images=args.nll_images,
+                          fid_samples=args.fid_samples)  # fmt: skip
+        rows.append({"model": "VAE", "budget": budget, "cpu_minutes": round(loaded.info["cpu_seconds"] / 60, 2), **scores})
+    for row in rows:
+        fids = row.pop("fid_lenet")
+        row.update(fid_lenet_mean=round(sum(fids) / len(fids), 3), fid_lenet_spread=round((max(fids) - min(fids)) / 2, 3),
+                   fid_lenet_sets=" ".join(map(str, fids)))  # fmt: skip
+    with open(out / "budget_mnist.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out / "budget_mnist.png")
+    print(json.dumps({"benchmark": "budget_curves", "out": str(out), "bank_parse_cpu_seconds": once, "rows": rows}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
