@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 # budget label (CPU-minutes aimed at) → run name, NP-DRAW config and overrides
 POINTS = {
     10: ("demo", "configs/demo.yaml", []),
-    20: ("mnist_cpu_20", "configs/mnist_cpu.yaml", ["prior_training.epochs=2", "prior_training.max_train_images=40000",
-                                                    "training.epochs=2", "training.max_train_images=25000"]),
+    20: ("mnist_cpu_20", "configs/mnist_cpu.yaml", ["prior_training.epochs=2", "training.epochs=2",
+                                                    "training.max_train_images=20000"]),
     40: ("mnist_cpu", "configs/mnist_cpu.yaml", []),
 }
 COMPUTED_ONCE = ("bank", "parse")
