@@ -55,7 +55,8 @@ def scale_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None 
     """Sampling knobs on categorical logits: divide by `temperature`, keep only the `top_k` largest."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    logits = logits / temperature
+    if temperature != 1:  # x / 1 is x exactly: skip the op
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")

@@ -211,66 +211,108 @@ def _sample_steps(
     """The ancestral sampler for one batch; every network call here sees `batch` rows."""
     device = prior_device(prior, bank)
     bank = bank.to(device)
-    steps, side, channels = grid.num_cells, grid.canvas_size, bank.shape[1]
-    canvas = torch.zeros(batch, channels, side, side, device=device)
-    mask = torch.zeros(batch, 1, side, side, device=device)
-    frame = torch.cat([canvas, mask], dim=1)
+    steps, channels, size = grid.num_cells, bank.shape[1], grid.patch_size
+    # The frame kept cell by cell on the padded canvas, mask channel last: (B·T, C+1, K, K), row b·T + j
+    # for cell j of sample b. A step only rewrites its own cell; `grid.assemble` lays the cells out as the
+    # frame (c^t, mask^t), a new tensor each step.
+    cells = torch.zeros(batch * steps, channels + 1, size, size, device=device, dtype=bank.dtype)
+    first_cell = torch.arange(batch, device=device) * steps
+    frame = grid.assemble(cells.view(batch, steps, channels + 1, size, size))
     chosen = {"whether": [], "what": [], "where": []}
     was_training = prior.training
     prior.eval()
-    uniforms = _Uniforms(generator, batch, steps, bank.shape[0], device)
+    noise = _Noise(generator, batch, steps, bank.shape[0], device)
     try:
         state = prior.start(batch, use_cache=use_cache)
         for step in range(steps):
             logits, state = prior.step(frame, state)
-            u_whether, u_what, u_where = uniforms.step(step)
-            draw = u_whether < torch.sigmoid(logits.whether / temperature)
-            what = _gumbel_argmax(scale_logits(logits.what, temperature=temperature, top_k=top_k), u_what)
-            where = _gumbel_argmax(scale_logits(logits.where, temperature=temperature, top_k=top_k), u_where)
+            u_whether, gumbel_what, gumbel_where = noise.step(step)
+            draw = u_whether < torch.sigmoid(_scaled(logits.whether, temperature))
+            what = (scale_logits(logits.what, temperature=temperature, top_k=top_k) - gumbel_what).argmax(dim=-1)
+            where = (scale_logits(logits.where, temperature=temperature, top_k=top_k) - gumbel_where).argmax(dim=-1)
             for name, value in (("whether", draw), ("what", what), ("where", where)):
                 chosen[name].append(value)
             if prior.uses_frames:  # c^t = max(c^{t-1}, whether · Draw(part, cell)); frame t = (c^t, mask^t)
-                gate = draw.float()[:, None, None, None]
-                cell = F.one_hot(where, steps).float()[:, None]
-                canvas = torch.maximum(canvas, grid.draw(bank[what][:, None], cell)[:, 0] * gate)
-                new_mask = grid.location_masks(cell)[:, 0] * gate
-                mask = torch.maximum(mask, new_mask) if prior.union_masks else new_mask
-                frame = torch.cat([canvas, mask], dim=1)
+                gate = draw.to(bank.dtype)[:, None, None, None]
+                rows = first_cell + where
+                cell = cells.index_select(0, rows)  # (B, C+1, K, K)
+                torch.maximum(cell[:, :channels], bank.index_select(0, what) * gate, out=cell[:, :channels])
+                if prior.union_masks:
+                    torch.maximum(cell[:, channels:], gate, out=cell[:, channels:])
+                else:  # only step t's mask: clear the previous one
+                    cells[:, channels:] = 0
+                    cell[:, channels:] = gate
+                cells.index_copy_(0, rows, cell)
+                frame = grid.assemble(cells.view(batch, steps, channels + 1, size, size))
     finally:
         prior.train(was_training)
     stacked = {name: torch.stack(values, dim=1) for name, values in chosen.items()}
     return Latents.from_indices(**stacked, bank_size=bank.shape[0], num_cells=steps)
 
 
-class _Uniforms:
-    """The uniforms of every step, (whether (B,), what (B, M), where (B, T)), in that order.
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """logits / temperature (x / 1 is x exactly, so temperature 1 skips the op)."""
+    return logits if temperature == 1 else logits / temperature
 
-    One generator: drawn step by step from it (the bulk order). One generator per sample: sample i draws
-    all its uniforms for all steps in ONE call, laid out step by step as (whether, what, where) — the same
-    numbers as drawing them step by step, since a CPU generator's torch.rand(a + b) equals rand(a) followed
-    by rand(b) — so a per-sample block costs `batch` small calls instead of 3 · batch · T."""
+
+class _Noise:
+    """The random numbers of every step, drawn in a fixed order (whether, what, where per step): the
+    uniform of `whether` (B,) and the Gumbel noise log(−log u) of `what` (B, M) and `where` (B, T), so a
+    categorical draw is argmax(logits − noise) (the Gumbel-max trick; works with top-k's −inf logits).
+
+    One CPU generator: all steps' uniforms in ONE call, the same numbers as drawing them step by step
+    (a CPU generator's torch.rand(a + b) equals rand(a) followed by rand(b)). Another bulk generator (e.g.
+    CUDA, whose offsets do not split that way): step by step. One generator per sample: sample i draws all
+    its uniforms for all steps in one call, laid out step by step as (whether, what, where), so a
+    per-sample block costs `batch` small calls instead of 3 · batch · T.
+
+    The noise of all steps is computed at once, each step's (B, M) or (B, T) block kept contiguous and
+    apart from the next (a padded buffer), so every elementwise op runs over exactly the elements, in the
+    same layout, that it ran over one step at a time: the same numbers."""
 
     def __init__(self, generator: Generators, batch: int, steps: int, bank_size: int, device: torch.device):
-        self.generator, self.batch, self.sizes, self.device = generator, batch, (1, bank_size, steps), device
-        self.table = None
-        if not isinstance(generator, torch.Generator):
-            width = sum(self.sizes)
+        self.generator, self.batch, self.steps, self.device = generator, batch, steps, device
+        self.sizes = (1, bank_size, steps)
+        width = sum(self.sizes)
+        if not isinstance(generator, torch.Generator):  # (B, T, width) → per step (B, width)
             rows = [torch.rand(steps * width, generator=g, device=g.device).to(device) for g in generator]
-            self.table = torch.stack(rows).view(batch, steps, width)
+            table = torch.stack(rows).view(batch, steps, width).transpose(0, 1)
+        elif generator.device.type == "cpu":  # (T, B · width): per step whether (B), what (B·M), where (B·T)
+            table = torch.rand(steps * batch * width, generator=generator).to(device).view(steps, batch * width)
+        else:
+            return
+        self.whether = self._part(table, 0).view(steps, batch)
+        self.what = self._gumbel(self._part(table, 1)).view(steps, batch, bank_size)
+        self.where = self._gumbel(self._part(table, 2)).view(steps, batch, steps)
+
+    def _part(self, table: Tensor, kind: int) -> Tensor:
+        """Kind 0/1/2 (whether/what/where) of every step: (T, B · size) in a padded buffer (row stride
+        B · size + 1), whatever the table's layout."""
+        start, size = sum(self.sizes[:kind]), self.sizes[kind]
+        if table.dim() == 3:  # per-sample table (T, B, width)
+            values = table[..., start : start + size]
+        else:
+            values = table[:, self.batch * start : self.batch * (start + size)]
+        padded = torch.empty(self.steps, self.batch * size + 1, device=table.device, dtype=table.dtype)
+        part = padded[:, :-1]
+        part.view(self.steps, self.batch, size).copy_(values.reshape(self.steps, self.batch, size))
+        return part
+
+    @staticmethod
+    def _gumbel(uniform: Tensor) -> Tensor:
+        """log(−log u), in place, per step block (u clamped to the smallest normal number: log(0) = −inf)."""
+        uniform.clamp_(min=torch.finfo(uniform.dtype).tiny)
+        return uniform.log_().neg_().log_()
 
     def step(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        if self.table is None:
-            return tuple(
-                torch.rand((self.batch, size), generator=self.generator, device=self.generator.device)
-                .to(self.device)
-                .view((self.batch,) if size == 1 and n == 0 else (self.batch, size))
-                for n, size in enumerate(self.sizes)
-            )
-        whether, what, where = self.table[:, step].split(self.sizes, dim=-1)
-        return whether[:, 0], what, where
+        if self.precomputed:
+            return self.whether[step], self.what[step], self.where[step]
+        whether, what, where = (
+            torch.rand((self.batch, size), generator=self.generator, device=self.generator.device).to(self.device)
+            for size in self.sizes
+        )
+        return whether[:, 0], self._gumbel(what), self._gumbel(where)
 
-
-def _gumbel_argmax(logits: Tensor, uniform: Tensor) -> Tensor:
-    """A categorical draw by the Gumbel-max trick (works with top-k's -inf logits): argmax(logits + G)."""
-    uniform = uniform.clamp(min=torch.finfo(logits.dtype).tiny)
-    return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)
+    @property
+    def precomputed(self) -> bool:
+        return hasattr(self, "whether")

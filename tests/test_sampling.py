@@ -169,14 +169,23 @@ def test_a_cpu_generator_gives_the_same_samples_on_cuda(trained):
     prior.to("cpu")
 
 
-def test_the_cached_sampler_embeds_each_frame_once_and_the_full_one_recomputes_the_prefix():
+def test_the_cached_sampler_embeds_each_frame_once_and_the_full_one_recomputes_the_prefix(monkeypatch):
+    import npdraw_plugins.priors.transformer as transformer
+
     prior = build_prior(TransformerPrior, SMALL, MNIST_SHAPE)
     bank, steps = contract_bank(MNIST_SHAPE), MNIST_SHAPE.num_steps
     embedded = []
-    prior.frame_embedding.register_forward_hook(lambda module, inputs, output: embedded.append(len(output)))
+    step = transformer._compiled_step()  # the cached step (eval mode) embeds its frame inside one function
+
+    def counting(frame, *args):
+        embedded.append(len(frame))
+        return step(frame, *args)
+
+    monkeypatch.setattr(transformer, "_compiled_step", lambda: counting)
     draw(prior, bank, MNIST_SHAPE.grid, 2, seed=0)
     assert sum(embedded) == 2 * steps  # one position per step
     embedded.clear()
+    prior.frame_embedding.register_forward_hook(lambda module, inputs, output: embedded.append(len(output)))
     draw(prior, bank, MNIST_SHAPE.grid, 2, seed=0, use_cache=False)
     assert sum(embedded) == 2 * steps * (steps + 1) // 2  # the whole prefix at every step
 

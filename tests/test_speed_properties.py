@@ -1,5 +1,7 @@
 """Issue 11: the fast paths compute what the model defines.
 
+* the sampler gives the samples of the sampler before issue 11 (kept here verbatim) for the same seeds;
+
 * frame embeddings from local changes = embeddings of the full frames (random latents, both mask modes,
   grey and colour, canvases that do and do not divide into cells), with the same weight gradients;
 * hard latents rendered directly = `render`;
@@ -224,3 +226,151 @@ def test_incremental_weight_gradients_are_deterministic():
     second = gradients()
     for name in first:
         assert torch.equal(first[name], second[name]), name
+
+
+# -- the sampler before issue 11, kept verbatim as the reference ------------------------------------------
+
+
+def reference_step(prior, frame, inputs, position):
+    """The cached step before issue 11: the prior's modules (`_embed`, `Block.step`, `_heads`), eval mode."""
+    hidden = prior._embed(frame[:, None], position)[:, 0]
+    for block, cache in zip(prior.blocks, inputs, strict=True):
+        hidden = block.step(hidden, cache, position)
+    return prior._heads(hidden)
+
+
+def reference_sampler(prior, bank, grid, generator, batch, *, temperature=1.0, top_k=None) -> dict:
+    """`sampling._sample_steps` before issue 11's latency work: uniforms drawn step by step (bulk) or per
+    sample's table, Gumbel noise per step, whole canvases and masks rebuilt every step."""
+    steps, side, channels = grid.num_cells, grid.canvas_size, bank.shape[1]
+    canvas = torch.zeros(batch, channels, side, side)
+    mask = torch.zeros(batch, 1, side, side)
+    frame = torch.cat([canvas, mask], dim=1)
+    chosen = {"whether": [], "what": [], "where": []}
+    sizes = (1, bank.shape[0], steps)
+    if not isinstance(generator, torch.Generator):
+        rows = [torch.rand(steps * sum(sizes), generator=g) for g in generator]
+        table = torch.stack(rows).view(batch, steps, sum(sizes))
+
+    def uniforms(step):
+        if isinstance(generator, torch.Generator):
+            whether, what, where = (torch.rand((batch, size), generator=generator) for size in sizes)
+            return whether.view(batch), what, where
+        whether, what, where = table[:, step].split(sizes, dim=-1)
+        return whether[:, 0], what, where
+
+    def gumbel_argmax(logits, uniform):
+        uniform = uniform.clamp(min=torch.finfo(logits.dtype).tiny)
+        return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)
+
+    inputs = [torch.empty(batch, steps, prior.config.d_model) for _ in prior.blocks]
+    prior.eval()
+    with torch.no_grad():
+        for step in range(steps):
+            logits = reference_step(prior, frame, inputs, step)
+            u_whether, u_what, u_where = uniforms(step)
+            draw = u_whether < torch.sigmoid(logits.whether / temperature)
+            what = gumbel_argmax(scale_logits(logits.what, temperature=temperature, top_k=top_k), u_what)
+            where = gumbel_argmax(scale_logits(logits.where, temperature=temperature, top_k=top_k), u_where)
+            for name, value in (("whether", draw), ("what", what), ("where", where)):
+                chosen[name].append(value)
+            gate = draw.float()[:, None, None, None]
+            cell = torch.nn.functional.one_hot(where, steps).float()[:, None]
+            canvas = torch.maximum(canvas, grid.draw(bank[what][:, None], cell)[:, 0] * gate)
+            new_mask = grid.location_masks(cell)[:, 0] * gate
+            mask = torch.maximum(mask, new_mask) if prior.union_masks else new_mask
+            frame = torch.cat([canvas, mask], dim=1)
+    return {name: torch.stack(values, dim=1) for name, values in chosen.items()}
+
+
+def varied_prior(shape: ModelShape, union_masks: bool, config: dict = SMALL) -> TransformerPrior:
+    """An untrained prior with larger weights: peaked, varied logits, so samples use many parts and cells."""
+    prior = prior_for(shape, union_masks) if config is SMALL else build_prior(
+        TransformerPrior, TransformerPriorConfig(**config, union_masks=union_masks), shape
+    )
+    with torch.no_grad():
+        for parameter in prior.parameters():
+            parameter.mul_(3.0)
+    return prior.eval()
+
+
+def assert_same_samples(latents: Latents, reference: dict) -> None:
+    for name, values in latents.indices().items():
+        assert torch.equal(values.long(), reference[name].long()), name
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    shape=st.sampled_from(SHAPES[:4]),
+    union_masks=st.booleans(),
+    batch=st.integers(1, 4),
+    seed=st.integers(0, 2**40),
+    per_sample=st.booleans(),
+    options=st.sampled_from([{}, {"temperature": 0.8}, {"temperature": 1.3, "top_k": 3}]),
+)
+def test_the_sampler_gives_the_samples_of_the_sampler_before_issue_11(shape, union_masks, batch, seed, per_sample, options):
+    """The same seeds give the same latents, drawn from the same logits bit for bit."""
+    prior, bank = varied_prior(shape, union_masks), contract_bank(shape)
+    seeds = [seed + i for i in range(batch)]
+
+    def generator():
+        return generators_for(seeds) if per_sample else torch.Generator().manual_seed(seed)
+
+    latents = sample_latents(prior, bank, shape.grid, batch, generator=generator(), block_size=batch, **options)
+    assert_same_samples(latents, reference_sampler(prior, bank, shape.grid, generator(), batch, **options))
+
+
+DEMO_PRIOR = dict(d_model=64, depth=4, num_heads=4, head_dim=16, mlp_dim=256, head_hidden=64, dropout=0.1)
+
+
+@pytest.mark.parametrize("union_masks", [False, True])
+def test_one_image_at_demo_sizes_is_the_sample_of_the_sampler_before_issue_11(union_masks):
+    """The single-image path the latency target is about: batch 1, a bulk seed, demo sizes (and 64-row
+    per-sample blocks, the path that serves seeds)."""
+    shape = ModelShape(1, 28, 28, 5, 50)
+    prior, bank = varied_prior(shape, union_masks, DEMO_PRIOR), contract_bank(shape)
+    for seed in range(12):
+        latents = sample_latents(prior, bank, shape.grid, 1, generator=torch.Generator().manual_seed(seed))
+        assert_same_samples(latents, reference_sampler(prior, bank, shape.grid, torch.Generator().manual_seed(seed), 1))
+    seeds = list(range(100, 103))
+    latents = sample_latents(prior, bank, shape.grid, 3, generator=generators_for(seeds))
+    reference = reference_sampler(prior, bank, shape.grid, generators_for(seeds + [0] * 61), 64)
+    assert_same_samples(latents, {name: values[:3] for name, values in reference.items()})
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_the_compiled_step_computes_the_numbers_of_the_module_step(batch):
+    """Bit for bit, at every position: TorchScript and plain `_step` against the modules' step."""
+    import npdraw_plugins.priors.transformer as transformer
+
+    shape = ModelShape(3, 8, 8, 3, 5)
+    prior = varied_prior(shape, False)
+    frames = torch.rand(batch, shape.num_steps, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    state = prior.start(batch)
+    inputs = [torch.empty_like(cache) for cache in state.inputs]
+    plain = [torch.empty_like(cache) for cache in state.inputs]
+    weights = state.weights
+    with torch.no_grad():
+        for position in range(shape.num_steps):
+            logits, state = prior.step(frames[:, position], state)
+            expected = reference_step(prior, frames[:, position], inputs, position)
+            eager = transformer._step(frames[:, position], position, plain, weights.embedding, weights.layers,
+                                      weights.heads, 2, 8, weights.norm_eps)  # fmt: skip
+            for name, value in zip(("whether", "what", "where"), eager, strict=True):
+                assert torch.equal(getattr(logits, name), getattr(expected, name)), (position, name)
+                assert torch.equal(value, getattr(expected, name)), (position, name)
+
+
+def test_sampling_falls_back_to_the_plain_step_without_torchscript(monkeypatch):
+    import npdraw_plugins.priors.transformer as transformer
+
+    def unavailable(function):
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(transformer, "_COMPILED", [])
+    monkeypatch.setattr(torch.jit, "script", unavailable)
+    assert transformer._compiled_step() is transformer._step
+    shape = SHAPES[3]
+    prior, bank = varied_prior(shape, True), contract_bank(shape)
+    latents = sample_latents(prior, bank, shape.grid, 2, generator=torch.Generator().manual_seed(3))
+    assert_same_samples(latents, reference_sampler(prior, bank, shape.grid, torch.Generator().manual_seed(3), 2))
