@@ -25,8 +25,8 @@ def main() -> None:
     args = options.parse_args()
 
     import torch
-    from npdraw_baselines.vae import vae_from_config
 
+    from npdraw_baselines.vae import vae_from_config
     from npdraw_core.bank import PartBankConfig, sample_patches
     from npdraw_core.build import model_from_config, prior_from_config
     from npdraw_core.config import load_config

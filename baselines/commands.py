@@ -109,7 +109,6 @@ def _sample(args) -> None:
 
     configure_threads(args.threads)
     from npdraw_baselines.training import load_baseline
-
     from npdraw_core.evaluation import generate
     from npdraw_core.sample_output import write_grid
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from npdraw_baselines.training import baseline_run, load_baseline, train_baseline, with_evaluation
-
 from npdraw_core.checkpoint import atomic_write_text
 from npdraw_core.evaluation import evaluate
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from npdraw_baselines.vae import ConvVAE, vae_from_config
 
+from npdraw_baselines.vae import ConvVAE, vae_from_config
 from npdraw_core.checkpoint import CheckpointError, archive, load_checkpoint, save_checkpoint
 from npdraw_core.config import ConfigError, RunConfig, config_hash, load_config
 from npdraw_core.data import minibatch_indices, prepare_images

@@ -54,7 +54,6 @@ def npdraw_run(out: Path, budget: int) -> tuple[Path, dict[str, float]]:
 
 def evaluate(model, config, run_dir: Path, *, seeds: list[int], nll_images: int, fid_samples: int) -> dict:
     from npdraw_baselines.training import baseline_run, with_evaluation
-
     from npdraw_core.evaluation import evaluate as score
 
     results: dict = {}
@@ -104,7 +103,6 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from npdraw_baselines.training import load_baseline, train_baseline
-
     from npdraw_core.config import load_config
     from npdraw_core.model_file import load_trained
 

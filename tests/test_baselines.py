@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from npdraw_baselines.training import BASELINE_FILE, load_baseline, train_baseline, validate
 from npdraw_baselines.vae import vae_from_config
-
 from npdraw_core.checkpoint import CheckpointError, read_metrics
 from npdraw_core.cli import main
 from npdraw_core.config import load_config
