@@ -315,3 +315,113 @@ def test_greedy_swaps_in_through_the_whole_pipeline(tmp_path):
     model = load_trained(run.path("model.pt"), device="cpu")
     images, canvases, latents = model.sample(4, generator=generators_for([1, 2, 3, 4]))
     assert images.shape[0] == 4 and torch.isfinite(images).all()
+
+
+# -- the heuristic parser's fast path: identical to Algorithm 1 by its definition --------------------------
+def reference_heuristic(images: torch.Tensor, bank: torch.Tensor, grid: Grid, threshold: float) -> dict:
+    """Algorithm 1 straight from its definition (the parser before its matmul-form fast path): the direct
+    float32 distance of every cell to every exemplar, the first nearest one, and whether its cost
+    ‖x − x̃‖ − ‖x‖ is at most ε."""
+    cells = grid.cells(images.float()).flatten(2).flatten(0, 1)  # (B·T, D), pixels row by row
+    distances = torch.cdist(cells, bank.flatten(1).float(), compute_mode="donot_use_mm_for_euclid_dist")
+    what = distances.argmin(dim=1)
+    cost = distances[torch.arange(len(cells)), what] - torch.linalg.vector_norm(cells, dim=1)
+    whether = (cost <= threshold).to(torch.uint8)
+    return {"what": what.view(len(images), -1), "whether": whether.view(len(images), -1), "cost": cost}
+
+
+def assert_same_parse(images, bank, grid, threshold, channels=1):
+    parsed = make_parser(grid, channels, bank_size=len(bank), parse_threshold=threshold).parse_indices(
+        images, bank
+    )
+    expected = reference_heuristic(images, bank, grid, threshold)
+    assert torch.equal(parsed["what"], expected["what"]), "exemplar choice differs from the definition"
+    assert torch.equal(parsed["whether"], expected["whether"]), "skip decisions differ from the definition"
+    return expected
+
+
+@pytest.fixture(scope="module")
+def more_mnist(mnist_dataset):
+    return canvas_images(mnist_dataset.load("train"), 28)[2000:5000]  # not the images the banks came from
+
+
+@pytest.fixture(scope="module")
+def bank_of_50(mnist):
+    config = FasterPAMConfig(bank_size=50, num_patches=1500)
+    return build_bank(mnist[0], GRID, FasterPAMEngine(config), config).exemplars
+
+
+@pytest.mark.parametrize("threshold", [0.01, 0.0, -0.3, 0.4])
+def test_heuristic_parses_real_mnist_exactly_as_its_definition(more_mnist, bank_of_50, mnist_bank, threshold):
+    """3,000 real MNIST images (108,000 cells), banks of 50 and 20 FasterPAM exemplars, several ε."""
+    for bank in (bank_of_50, mnist_bank.exemplars):
+        expected = assert_same_parse(more_mnist, bank, GRID, threshold)
+        assert 0 < expected["whether"].float().mean() < 1 or threshold < 0
+
+
+def test_heuristic_threshold_boundary_is_exact(more_mnist, bank_of_50):
+    """ε set to a cell's exact float32 cost draws that cell, one float32 step below skips it: both sides
+    of the boundary agree with the definition (the fast path must defer to the direct form there)."""
+    images = more_mnist[:200]
+    cost = reference_heuristic(images, bank_of_50, GRID, 0.01)["cost"]
+    for cell in (int(torch.argmin((cost - 0.01).abs())), int(torch.nonzero(cost < 0)[0, 0])):
+        at = float(cost[cell])
+        below = float(np.nextafter(np.float32(at), np.float32(-np.inf)))
+        image, step = divmod(cell, GRID.num_cells)
+        assert assert_same_parse(images, bank_of_50, GRID, at)["whether"][image, step] == 1
+        assert assert_same_parse(images, bank_of_50, GRID, below)["whether"][image, step] == 0
+
+
+def test_heuristic_ties_and_empty_cells_follow_the_definition(bank_of_50):
+    """Exact ties (a duplicated exemplar: the first wins), near ties (one float32 step apart, or a cell
+    halfway between two exemplars), exemplars of equal norm (the blank cell's tie), all-blank images,
+    cells whose pixels sum to 0 but are not blank, and NaN pixels."""
+    bank = bank_of_50.clone()
+    bank[7] = bank[3]  # exact duplicate
+    bank[12] = bank[11]
+    bank[12, 0, 2, 2] = float(np.nextafter(np.float32(bank[11, 0, 2, 2]), np.float32(2)))  # a step apart
+    smallest = int(bank.flatten(1).norm(dim=1).argmin())
+    bank[20] = bank[smallest].transpose(-1, -2)  # the same pixels (same norm, up to rounding), transposed
+    bank[21] = bank[smallest]
+    interior = [t for t in range(36) if 0 < t // 6 < 5 and 0 < t % 6 < 5]
+    images = [torch.zeros(1, 28, 28)]  # blank
+    for ids in ([7, 3, 11, 12, 20, 21, smallest], [12, 11, 21, 20, 3, 7, 0]):
+        cells = torch.zeros(36, 1, 5, 5)
+        for cell, exemplar in zip(interior, ids, strict=False):
+            cells[cell] = bank[exemplar]
+        images.append(GRID.assemble(cells))
+    cells = torch.zeros(36, 1, 5, 5)
+    cells[interior] = (bank[:16] + bank[16:32]) / 2  # equidistant from two exemplars, up to rounding
+    images.append(GRID.assemble(cells))
+    signed = torch.zeros(1, 28, 28)
+    signed[0, 10, 10], signed[0, 10, 11] = 0.5, -0.5  # Σx = 0, yet not blank
+    nan = torch.zeros(1, 28, 28)
+    nan[0, 14, 14] = float("nan")
+    images = torch.stack([*images, signed, nan])
+    for threshold in (0.01, 0.0, 10.0):  # 10 > every exemplar's norm: blank cells draw too
+        expected = assert_same_parse(images, bank, GRID, threshold)
+    assert expected["whether"][0].all() and (expected["what"][1, interior[:2]] == 3).all()
+
+
+@pytest.mark.parametrize(
+    "canvas, patch, channels", [(10, 4, 1), (10, 4, 3), (28, 6, 1), (30, 7, 3), (28, 28, 1)]
+)
+def test_heuristic_matches_its_definition_on_any_grid(canvas, patch, channels):
+    """Padding on one or both sides, colour cells (one vector over channels), one cell for the canvas."""
+    generator = torch.Generator().manual_seed(canvas * patch + channels)
+    grid = Grid(canvas, patch)
+    bank = torch.rand(9, channels, patch, patch, generator=generator)
+    images = torch.rand(40, channels, canvas, canvas, generator=generator)
+    images *= torch.rand(40, 1, canvas, canvas, generator=generator) < 0.3  # sparse ink, blank cells
+    for threshold in (0.01, -0.5, 0.5):
+        assert_same_parse(images, bank, grid, threshold, channels)
+
+
+def test_heuristic_is_exact_when_float32_matmuls_are_allowed_less_precision(more_mnist, bank_of_50):
+    """With TF32/bf16 matmuls allowed, the fast path switches to float64 and still parses identically."""
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert_same_parse(more_mnist[:500], bank_of_50, GRID, 0.01)
+    finally:
+        torch.set_float32_matmul_precision(before)
