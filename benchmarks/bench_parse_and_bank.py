@@ -5,7 +5,11 @@ Prints ONE JSON line: each parser's throughput (images/s; keys prefixed by the p
 and drawn parts, and, on the same sampled patches (10,000 by default), each K-medoids engine's build time
 (distance matrix + medoid search, seconds) and objective (mean distance to the nearest medoid).
 
-    nice -n 10 .venv/bin/python benchmarks/bench_parse_and_bank.py
+Every timing comes as wall seconds and as this process's CPU seconds (`_cpu_seconds`, or images per CPU
+second): on a shared machine the wall time depends on the neighbours, the CPU time much less. The
+thread count is `torch_threads` (set it with OMP_NUM_THREADS):
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_parse_and_bank.py
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def main() -> None:
     grid = Grid(28, args.patch_size)
     defaults = PartBankConfig(bank_size=args.bank_size, num_patches=args.num_patches, seed=args.seed)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     patches = sample_patches(
         images,
         grid,
@@ -63,6 +67,7 @@ def main() -> None:
         "num_patches": len(patches),
         "min_patch_mass": defaults.min_patch_mass,
         "sample_patches_seconds": round(time.perf_counter() - started, 3),
+        "sample_patches_cpu_seconds": round(time.process_time() - cpu_started, 3),
     }
     points = patches.flatten(1).numpy()
     banks = {}
@@ -72,11 +77,12 @@ def main() -> None:
             "part_bank", {"type": name, "bank_size": args.bank_size}, "part_bank", registry
         ).config
         engine = component.build(config)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         chosen_rows = np.asarray(engine.select(points, args.bank_size, seed=args.seed))
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         objective = kmedoids_objective(points, points[chosen_rows])
         result[f"{name}_build_seconds"] = round(seconds, 3)
+        result[f"{name}_build_cpu_seconds"] = round(cpu_seconds, 3)
         result[f"{name}_objective"] = round(objective, 5)
         banks[name] = PartBank(patches[torch.from_numpy(chosen_rows)])
     result["objective_ratio_sklearn_extra_to_kmedoids"] = round(

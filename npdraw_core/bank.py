@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from npdraw_core.checkpoint import load_checkpoint, save_checkpoint
@@ -72,17 +71,22 @@ def sample_patches(
     if len(images) and (images.min() < 0 or images.max() > 1):
         raise ValueError("images must be in [0, 1]; convert uint8 images with npdraw_core.data.to_unit first")
     padded_positions = grid.padded_size - grid.patch_size + 1  # top-left corners per axis
+    window = grid.patch_size
     best_keys = torch.empty(0, dtype=torch.float64)
     best_index = torch.empty(0, dtype=torch.long)
     eligible = 0
     for start in range(0, len(images), chunk_size):
-        padded = grid.pad(images[start : start + chunk_size].float().cpu())
-        # mean intensity of every K×K window, averaged over channels: (B, L, L)
-        mass = F.avg_pool2d(padded.mean(1, keepdim=True), grid.patch_size, stride=1)[:, 0]
+        # the channel mean of the padded images (B, S', S')
+        padded = grid.pad(images[start : start + chunk_size].float().cpu()).mean(1)
+        # mean intensity of every K×K window (B, L, L): K-sums along rows, then along columns, over
+        # unfolded views (2K adds a pixel; avg_pool2d's K² taps were 20× slower on a CPU)
+        mass = padded.unfold(2, window, 1).sum(-1).unfold(1, window, 1).sum(-1) / window**2
         keep = (mass > min_patch_mass).flatten()
         eligible += int(keep.sum())
         # a key for every position (valid or not) keeps the draw uniform; float64 makes ties negligible
         keys = torch.rand(keep.shape, generator=generator, dtype=torch.float64)
+        if len(best_keys) == num_patches:  # only a key under the current num_patches-th smallest can win
+            keep &= keys < best_keys.max()
         flat = torch.nonzero(keep).squeeze(1)
         best_keys = torch.cat([best_keys, keys[flat]])
         best_index = torch.cat([best_index, flat + start * padded_positions**2])

@@ -186,3 +186,63 @@ def test_colour_patches_keep_their_channels_together():
     # every patch is a crop of one of the images at some offset
     windows = base[:, 0].unfold(1, 4, 1).unfold(2, 4, 1).reshape(-1, 4, 4)
     assert all(bool((windows == patch[0]).flatten(1).all(1).any()) for patch in patches[:20])
+
+
+def test_distance_matrix_tiles_are_exact_symmetric_and_match_the_direct_form(mnist_points):
+    """Tiles of 64 over 300 points (ragged last tile): the mirrored half is exactly the computed one, and
+    every value is the float64 distance rounded once (float64: to ~1e-12; float32: to half a step)."""
+    points = mnist_points[:300]
+    reference = np.sqrt(((points[:, None].astype(np.float64) - points[None]) ** 2).sum(-1))
+    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        distances = distance_matrix(points, dtype=dtype, max_mib=100, block=64)
+        assert distances.dtype == dtype and np.array_equal(distances, distances.T)
+        assert np.all(np.diag(distances) == 0) and np.abs(distances - reference).max() < tolerance
+
+
+def test_fasterpam_reads_the_transposed_matrix_to_the_same_medoids(mnist_points):
+    """The engine hands FasterPAM the matrix's transpose (contiguous columns); on the symmetric matrix
+    that is the same clustering as the C-order matrix it used to get."""
+    import kmedoids
+
+    config = FasterPAMConfig()
+    chosen = FasterPAMEngine(config).select(mnist_points, 20, seed=3)
+    distances = distance_matrix(mnist_points, dtype=np.float32, max_mib=100)
+    direct = kmedoids.fasterpam(
+        distances, 20, max_iter=config.max_iter, init="random", random_state=3, n_cpu=1
+    )
+    assert np.array_equal(chosen, np.asarray(direct.medoids, dtype=np.int64))
+
+
+def reference_sample(images, grid, *, num_patches, min_patch_mass, seed, chunk_size):
+    """The sampler by its definition: a float64 key for every window, drawn chunk by chunk from one
+    generator; the `num_patches` smallest keys among windows of mean intensity (avg_pool2d) above
+    `min_patch_mass`, in key order."""
+    generator = torch.Generator().manual_seed(seed)
+    masses, keys = [], []
+    for start in range(0, len(images), chunk_size):
+        padded = grid.pad(images[start : start + chunk_size])
+        masses.append(torch.nn.functional.avg_pool2d(padded.mean(1, keepdim=True), grid.patch_size, stride=1))
+        keys.append(torch.rand(masses[-1].numel(), generator=generator, dtype=torch.float64))
+    masses, keys = torch.cat(masses).flatten(), torch.cat(keys)
+    keys[masses <= min_patch_mass] = float("inf")
+    chosen = keys.argsort()[:num_patches]
+    assert torch.isfinite(keys[chosen]).all()
+    # every K×K window of the padded images: (N, C, L, L, K, K)
+    windows = grid.pad(images).unfold(2, grid.patch_size, 1).unfold(3, grid.patch_size, 1)
+    return windows.permute(0, 2, 3, 1, 4, 5).flatten(0, 2)[chosen]
+
+
+def test_sample_patches_is_the_sampler_by_its_definition(mnist_images):
+    """Real MNIST, several chunks (so keys above the running cut are dropped early): the same patches in
+    the same order as the definition, and the same count of non-empty windows."""
+    options = {"num_patches": 3000, "min_patch_mass": 0.05, "seed": 4, "chunk_size": 300}
+    expected = reference_sample(mnist_images, GRID, **options)
+    sampled = sample_patches(
+        mnist_images, GRID, num_patches=3000, min_patch_mass=0.05, generator=torch.Generator().manual_seed(4),
+        chunk_size=300,
+    )  # fmt: skip
+    assert torch.equal(sampled, expected)
+    masses = torch.nn.functional.avg_pool2d(GRID.pad(mnist_images[:50]), GRID.patch_size, stride=1)
+    eligible = int((masses > 0.05).sum())
+    with pytest.raises(ValueError, match=f"only {eligible} non-empty"):
+        sample(mnist_images[:50], 0, num=eligible + 1)
