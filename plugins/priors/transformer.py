@@ -149,24 +149,23 @@ class _WindowGeometry:
     clamped into the grid, so some also cover outputs the change does not reach: their delta is exactly
     zero). That window reads a `width`² (width = 2·size+1) patch of the conv-padded frame.
 
-    Frames are held in a buffer of side nK+2 in grid coordinates shifted by one (so every cell pastes at
-    rows r·K+1 .. r·K+K); the conv-padded frame is the buffer's rows pad_before .. pad_before+S+1."""
+    Canvases are held flat, channels last, in a buffer of side nK+2 in grid coordinates shifted by one (every
+    cell pastes at rows r·K+1 .. r·K+K); the conv-padded frame is the buffer's rows pad_before ..
+    pad_before+S+1. Pixels outside the canvas stay zero (parts are cropped with `inside`)."""
 
     size: int
     width: int
-    out_side: int
     side: int  # buffer side nK + 2
-    row_starts: Tensor  # (T,) buffer row of each cell's input window (and column: col_starts)
-    col_starts: Tensor
+    window_index: Tensor  # (T, width²) buffer pixels of each cell's input window, row-major
+    cell_index: Tensor  # (T, K²) buffer pixels of each cell
+    patch_index: Tensor  # (size² · 9,) window pixel read by each (output, 3×3 tap): im2col of the window
     feature_index: Tensor  # (T, size²) flat indices of each cell's output window in the O×O grid
     own_mask: Tensor  # (T, width²) 1 where the cell itself lies inside the canvas, in its own window
     inside: Tensor  # (T, K, K) 1 where the cell's pixels lie inside the canvas (cropped elsewhere)
 
     def to(self, device: torch.device) -> _WindowGeometry:
-        return _WindowGeometry(self.size, self.width, self.out_side, self.side, *(
-            getattr(self, name).to(device)
-            for name in ("row_starts", "col_starts", "feature_index", "own_mask", "inside")
-        ))  # fmt: skip
+        names = ("window_index", "cell_index", "patch_index", "feature_index", "own_mask", "inside")
+        return _WindowGeometry(self.size, self.width, self.side, *(getattr(self, name).to(device) for name in names))
 
 
 def _window_geometry(grid: Grid) -> _WindowGeometry:
@@ -179,26 +178,63 @@ def _window_geometry(grid: Grid) -> _WindowGeometry:
         ranges.append((max(-(-(first - 1) // 2), 0), min((last + 1) // 2, out_side - 1)))
     size = max(hi - lo + 1 for lo, hi in ranges)
     starts = [min(lo, out_side - size) for lo, _ in ranges]
-    width = 2 * size + 1
-    canvas = torch.zeros(n * k + 2, n * k + 2)  # buffer coordinates: canvas pixel (y, x) at (y+pad+1, x+pad+1)
+    width, buffer = 2 * size + 1, n * k + 2
+    canvas = torch.zeros(buffer, buffer)  # buffer coordinates: canvas pixel (y, x) at (y+pad+1, x+pad+1)
     canvas[pad + 1 : pad + 1 + side, pad + 1 : pad + 1 + side] = 1
-    outputs = torch.arange(size)
-    rows, cols, feature_index, own_mask, inside = [], [], [], [], []
+    pixels = torch.arange(buffer * buffer).view(buffer, buffer)
+    outputs, span = torch.arange(size), torch.arange(3)
+    taps = 2 * outputs[:, None] + span  # window row (or column) read by output o's tap
+    patch_index = (taps[:, None, :, None] * width + taps[None, :, None, :]).flatten()  # (oy, ox, dy, dx)
+    windows, cells, feature_index, own_mask, inside = [], [], [], [], []
     for row in range(n):
         for col in range(n):
             r0, c0 = starts[row], starts[col]
-            rows.append(2 * r0 + pad)  # conv-padded row 2·r0 is canvas row 2·r0-1
-            cols.append(2 * c0 + pad)
+            top, left = 2 * r0 + pad, 2 * c0 + pad  # conv-padded row 2·r0 is canvas row 2·r0-1
+            windows.append(pixels[top : top + width, left : left + width].flatten())
+            cells.append(pixels[row * k + 1 : row * k + k + 1, col * k + 1 : col * k + k + 1].flatten())
             feature_index.append(((r0 + outputs)[:, None] * out_side + (c0 + outputs)[None, :]).flatten())
             cell = torch.zeros_like(canvas)
             cell[row * k + 1 : row * k + k + 1, col * k + 1 : col * k + k + 1] = 1
             cell *= canvas
-            own_mask.append(cell[rows[-1] : rows[-1] + width, cols[-1] : cols[-1] + width].flatten())
+            own_mask.append(cell[top : top + width, left : left + width].flatten())
             inside.append(cell[row * k + 1 : row * k + k + 1, col * k + 1 : col * k + k + 1])
     return _WindowGeometry(
-        size, width, out_side, n * k + 2, torch.tensor(rows), torch.tensor(cols), torch.stack(feature_index),
+        size, width, buffer, torch.stack(windows), torch.stack(cells), patch_index, torch.stack(feature_index),
         torch.stack(own_mask), torch.stack(inside),
     )  # fmt: skip
+
+
+def _transition_windows(values: Tensor, cells: Tensor, geometry: _WindowGeometry) -> Tensor:
+    """The im2col patches of the input window around each step's cell, before and after the step:
+    (2, T-1, B, size² · 9 · C'), transitions step-major, each row in (output, tap, channel) order.
+
+    values (B, T-1, K², C'): what step i pastes (cropped to the canvas), the union mask as a last channel
+    when there is one. One flat canvas per sequence, updated in place step by step (c^{i+1} = max(c^i,
+    pasted part)), so memory stays at one canvas per sequence; constants (no gradient)."""
+    batch, used, _, channels = values.shape
+    canvas = values.new_zeros(batch * geometry.side**2 * channels)
+    base = torch.arange(batch, device=values.device)[:, None] * geometry.side**2
+    lanes = torch.arange(channels, device=values.device)
+
+    def flat(pixels: Tensor) -> Tensor:  # (T, P) buffer pixels → (T-1 steps, B · P · C') flat canvas indices
+        chosen = pixels[cells.T] + base  # (T-1, B, P)
+        return (chosen[..., None] * channels + lanes).flatten(1)
+
+    patch_pixels = flat(geometry.window_index[:, geometry.patch_index])
+    cell_pixels = flat(geometry.cell_index)
+    values = values.transpose(0, 1).reshape(used, -1)
+    patches = values.new_empty(2, used, patch_pixels.shape[1])
+    for step in range(used):
+        torch.index_select(canvas, 0, patch_pixels[step], out=patches[0, step])
+        own = cell_pixels[step]
+        canvas.index_copy_(0, own, torch.maximum(canvas.index_select(0, own), values[step]))
+        torch.index_select(canvas, 0, patch_pixels[step], out=patches[1, step])
+    return patches
+
+
+def _im2col_weight(conv_weight: Tensor) -> Tensor:
+    """(E, C', 3, 3) → (9 · C', E), rows in (dy, dx, channel) order like `patch_index` × channels last."""
+    return conv_weight.permute(2, 3, 1, 0).reshape(-1, conv_weight.shape[0])
 
 
 @dataclass
@@ -264,15 +300,12 @@ def _compiled_step():
     return _COMPILED[0]
 
 
-def _per_cell_matmul(rows: Tensor, cells: Tensor, weights: Tensor) -> Tensor:
-    """rows (N, f) @ weights[cells] (N, f, d) without gathering N weight matrices: one matmul per cell."""
-    order = torch.argsort(cells)
-    counts = torch.bincount(cells, minlength=len(weights)).tolist()
-    pieces = rows[order].split(counts)
-    out = torch.cat([piece @ weights[cell] for cell, piece in enumerate(pieces)])
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    return out[inverse]
+def _per_cell_matmul(rows: Tensor, counts: list[int], weights: tuple[Tensor, ...]) -> Tensor:
+    """rows (N, R, f), sorted by cell with counts[j] rows for cell j → (N, R, d): each cell's rows @ its
+    weights[j] (f, d), one matmul per cell on a contiguous slice (no gathered weight matrices)."""
+    pieces = rows.split(counts)
+    out = [piece.reshape(-1, piece.shape[-1]) @ weight for piece, weight in zip(pieces, weights, strict=True) if len(piece)]
+    return torch.cat(out).view(*rows.shape[:2], -1)
 
 
 def _head(d_model: int, hidden: int, outputs: int) -> nn.Module:
@@ -338,7 +371,8 @@ class TransformerPrior(Prior):
         return self._transform(self.embedding_dropout(tokens + self.positions[:length]))
 
     def embed_latents(self, latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
-        """Frame embeddings (B, T, d_model) of the teacher-forcing frames of `latents` (no positions)."""
+        """Frame embeddings (B, T, d_model) of the teacher-forcing frames of `latents` (no positions).
+        Gradients reach the prior's weights only (the latents are treated as constants)."""
         batch, steps = latents.batch_size, latents.num_steps
         if steps > self.num_steps:
             raise ValueError(f"the prior was built for {self.num_steps} steps but got {steps} latent steps")
@@ -348,64 +382,54 @@ class TransformerPrior(Prior):
         if steps == 1 or batch == 0:
             return first.expand(batch, steps, -1)
         geometry = self._geometry(grid, bank.device)
-        cells = latents.where.argmax(-1)  # (B, T)
-        # mask value of each step: location_masks(where) · whether, as in prior_frames
-        marks = latents.where.gather(-1, cells[..., None])[..., 0] * latents.whether
-        buffer = _frame_buffer(latents, bank, grid, geometry, cells, marks, union_masks=self.union_masks)
         # transition i (i = 0..T-2) turns frame i into frame i+1: step i draws into cell drawn[:, i] (and,
         # without union masks, the mask of step i-1 goes away)
-        drawn = cells[:, :-1]
-        frame = torch.arange(batch, device=cells.device)[:, None] * steps + torch.arange(steps - 1, device=cells.device)
-        rows = buffer.view(batch * steps * geometry.side, -1)
-        span = torch.arange(geometry.width, device=cells.device)
-
-        def window(shift: int, cell: Tensor) -> Tensor:
-            """The (width, width) input window of `cell` in frame i+shift, (B·(T-1), width, width, C')."""
-            row_index = ((frame + shift) * geometry.side)[..., None] + geometry.row_starts[cell][..., None] + span
-            picked = rows.index_select(0, row_index.flatten()).view(-1, geometry.width, geometry.side, rows.shape[1] // geometry.side)
-            col_index = (geometry.col_starts[cell].flatten()[:, None] + span)[:, None, :, None]
-            return picked.gather(2, col_index.expand(-1, geometry.width, -1, picked.shape[-1]))
-
-        columns = (
-            torch.arange(conv.out_channels, device=cells.device)[:, None, None] * geometry.out_side**2
-            + geometry.feature_index
-        ).transpose(0, 1)  # (T, E, size²): the Linear's columns of each cell's output window
+        with torch.no_grad():
+            cells = latents.where.argmax(-1)  # (B, T)
+            # mask value of each step: location_masks(where) · whether, as in prior_frames
+            marks = latents.where.gather(-1, cells[..., None])[..., 0] * latents.whether
+            values = _pasted(latents, bank, geometry, cells, marks, union_masks=self.union_masks)
+            patches = _transition_windows(values, cells[:, :-1], geometry)  # (2, T-1, B, size² · 9 · C')
+            # transitions step-major (row i·B + b), sorted by cell: each cell's matmul reads a contiguous slice
+            drawn = cells[:, :-1].T.flatten()
+            order = torch.argsort(drawn, stable=True)
+            counts = torch.bincount(drawn, minlength=steps).tolist()
+            drawn, marks = drawn[order], marks[:, :-1].T.flatten()[order]
+            patches = patches.view(2, len(order), -1).index_select(1, order).view(-1, 9 * values.shape[-1])
+        weight = conv.weight if self.union_masks else conv.weight[:, :channels]
+        before, after = torch.addmm(conv.bias, patches, _im2col_weight(weight)).view(2, len(order), -1)
+        columns = (  # the Linear's columns of each cell's output window, in (output, channel) order
+            geometry.feature_index[..., None]
+            + torch.arange(conv.out_channels, device=bank.device) * (linear.in_features // conv.out_channels)
+        ).flatten(1)
         # index_select, not indexing: its backward adds the overlapping windows' gradients in a fixed order
-        local_weights = linear.weight.index_select(1, columns.flatten()).view(linear.out_features, *columns.shape[:1], -1)
-        local_weights = local_weights.permute(1, 2, 0)  # (T, E · size², d_model)
-        transitions = batch * (steps - 1)
-        bias = conv.bias.repeat_interleave(geometry.size**2)  # per output of a window, (E · size²)
-
-        def features(*windows: Tensor, weight: Tensor) -> Tensor:
-            """Pre-activation conv outputs of (B, T-1, width, width, C') windows → (n, B·(T-1), E · size²)."""
-            stacked = torch.stack(windows).view(-1, geometry.width, geometry.width, weight.shape[1])
-            return F.conv2d(stacked.permute(0, 3, 1, 2), weight, stride=2).reshape(len(windows), transitions, -1)
-
-        if self.union_masks:  # the union mask is in the buffer: delta = frame i+1 − frame i around cell j_i
-            after, before = F.relu(features(window(1, drawn), window(0, drawn), weight=conv.weight) + bias)
-            moved = _per_cell_matmul(after - before, drawn.flatten(), local_weights)
-            moved = moved.view(batch, steps - 1, -1).cumsum(dim=1)
+        local_weights = linear.weight.index_select(1, columns.flatten()).view(linear.out_features, steps, -1)
+        local_weights = local_weights.permute(1, 2, 0).unbind(0)  # per cell (E · size², d_model)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        before = F.relu(before)
+        if self.union_masks:  # the union mask is in the windows: delta = frame i+1 − frame i around cell j_i
+            moved = _per_cell_matmul((F.relu(after) - before)[:, None], counts, local_weights)
+            moved = moved.index_select(0, inverse).view(steps - 1, batch, -1).transpose(0, 1).cumsum(dim=1)
         else:
             # The conv is linear, so a window's pre-activation = canvas part + (step's mark) · the conv of
             # the cell's own mask. With Q_i / P_i the features around cell j_i in frame i+1 without / with
             # its mask and R_i those of frame i (whose mask, elsewhere, is gone): the embedding of frame p is
             # first + Σ_{i<p-1} L_{j_i}(Q_i − R_i) + L_{j_{p-1}}(P_{p-1} − R_{p-1}) (telescoped).
-            canvas_weight = conv.weight[:, :channels]
-            now, then = features(window(1, drawn), window(0, drawn), weight=canvas_weight) + bias
-            own = self._own_mask_features(conv, geometry).index_select(0, drawn.flatten())  # (B·(T-1), E · size²)
-            with_mask = F.relu(now + marks[:, :-1].flatten()[:, None] * own)
-            then = F.relu(then)
-            changes = torch.cat([F.relu(now) - then, with_mask - then])
-            out = _per_cell_matmul(changes, torch.cat([drawn.flatten(), drawn.flatten()]), local_weights)
-            settled, current = out.view(2, batch, steps - 1, -1)
+            own = self._own_mask_features(conv, geometry).index_select(0, drawn)  # (N, E · size²)
+            with_mask = F.relu(torch.addcmul(after, marks[:, None], own))
+            changes = torch.stack([F.relu(after) - before, with_mask - before], dim=1)
+            out = _per_cell_matmul(changes, counts, local_weights).index_select(0, inverse)
+            settled, current = out.view(steps - 1, batch, 2, -1).transpose(0, 1).unbind(2)
             moved = current + torch.cat([torch.zeros_like(settled[:, :1]), settled[:, :-1].cumsum(dim=1)], dim=1)
         return torch.cat([first.expand(batch, 1, -1), first + moved], dim=1)
 
     @staticmethod
     def _own_mask_features(conv: nn.Conv2d, geometry: _WindowGeometry) -> Tensor:
-        """(T, E · size²): the mask channel's conv (no bias) of each cell's own mask in its window."""
-        masks = geometry.own_mask.view(-1, 1, geometry.width, geometry.width)
-        return F.conv2d(masks, conv.weight[:, -1:], stride=2).flatten(1)
+        """(T, E · size²) in (output, channel) order: the mask channel's conv (no bias) of each cell's own
+        mask in its window."""
+        patches = geometry.own_mask[:, geometry.patch_index].view(-1, 9)
+        return (patches @ _im2col_weight(conv.weight[:, -1:])).view(len(geometry.own_mask), -1)
 
     def start(self, batch_size: int, *, use_cache: bool = True) -> KeyValueCache | PrefixState:
         reference = self.positions
@@ -476,34 +500,21 @@ class TransformerPrior(Prior):
         return self._geometries[key]
 
 
-def _frame_buffer(
-    latents: Latents, bank: Tensor, grid: Grid, geometry: _WindowGeometry, cells: Tensor, marks: Tensor, *,
-    union_masks: bool,
-) -> Tensor:  # fmt: skip
-    """Canvases c^0..c^{T-1} of `latents` (and, with union masks, the union of the location masks) in
-    `geometry`'s buffer, channels last: (B, T, nK+2, nK+2, C or C+1). The same values as `prior_frames`:
-    the same products (weight · part · whether), pasted instead of summed over cells, then a running max."""
-    batch, steps = latents.batch_size, latents.num_steps
-    k, n = grid.patch_size, grid.cells_per_side
-    used = steps - 1  # frame T is never an input
+def _pasted(
+    latents: Latents, bank: Tensor, geometry: _WindowGeometry, cells: Tensor, marks: Tensor, *, union_masks: bool
+) -> Tensor:
+    """What steps 0..T-2 paste into their cells, (B, T-1, K², C or C+1), channels last: the same products
+    as `prior_frames` (weight · part · whether), cropped to the canvas; with union masks, the step's mask
+    value (`marks`) as a last channel."""
+    used = latents.num_steps - 1  # frame T is never an input
     weight = latents.where.gather(-1, cells[..., None])[:, :used, 0]  # 1 for hard latents
     parts = torch.einsum("btm,mckl->btckl", latents.what[:, :used], bank)
     values = (weight[..., None, None, None] * parts) * latents.whether[:, :used, None, None, None]
-    values = values * geometry.inside[cells[:, :used]][:, :, None]  # cropped to the canvas
-    pixels = values.permute(0, 1, 3, 4, 2)  # (B, T-1, K, K, C)
+    inside = geometry.inside[cells[:, :used]]
+    pixels = (values * inside[:, :, None]).permute(0, 1, 3, 4, 2).flatten(2, 3)  # (B, T-1, K², C)
     if union_masks:
-        mask = marks[:, :used, None, None, None] * geometry.inside[cells[:, :used]][..., None]
-        pixels = torch.cat([pixels, mask], dim=-1)
-    buffer = values.new_zeros(batch, steps, geometry.side, geometry.side, pixels.shape[-1])
-    span = torch.arange(k, device=cells.device)
-    b = torch.arange(batch, device=cells.device)[:, None, None, None]
-    t = torch.arange(1, steps, device=cells.device)[None, :, None, None]
-    row = (cells[:, :used] // n * k + 1)[..., None, None] + span[:, None]
-    col = (cells[:, :used] % n * k + 1)[..., None, None] + span[None, :]
-    buffer[b, t, row, col] = pixels
-    for i in range(2, steps):  # running max: c^t = max(c^{t-1}, drawn part)
-        torch.maximum(buffer[:, i - 1], buffer[:, i], out=buffer[:, i])
-    return buffer
+        pixels = torch.cat([pixels, (marks[:, :used, None, None] * inside).flatten(2)[..., None]], dim=-1)
+    return pixels
 
 
 @hookimpl
