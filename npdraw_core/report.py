@@ -338,7 +338,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
             lines += ["Test images beside their parses (pairs: image, parse):", "",
                       f"![parses of {run.name}]({relative(copied, page_dir)})", ""]  # fmt: skip
     lines += ["## Configs", "", config_table(runs), ""]
-    lines += ["## Artefacts", ""]
+    lines += ["## Artefacts", "", "Links lead into the run directories and the shared stage cache, relative to this page: "
+              "they open where those folders exist (the figures above are copies beside the page).", ""]
     for run in runs:
         lines += [f"### {run.name}", ""]
         rows = [[f"[{name}]({relative(run.directory / name, page_dir)})", what]
