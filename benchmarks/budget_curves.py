@@ -37,19 +37,24 @@ POINTS = {
 COMPUTED_ONCE = ("bank", "parse")
 
 
+def cpu_seconds_by_stage(run_dir: Path) -> dict[str, float]:
+    """CPU seconds of each stage over every `npdraw run` in `run_dir` (a resumed run adds each attempt's)."""
+    spent: dict[str, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["stage"] == "run":
+            for stage, seconds in record.get("cpu_seconds", {}).items():
+                spent[stage] = spent.get(stage, 0.0) + seconds
+    return spent
+
+
 def npdraw_run(out: Path, budget: int) -> tuple[Path, dict[str, float]]:
     """Train the NP-DRAW point (skipped when done) and return its run dir and CPU seconds by stage."""
     name, config, overrides = POINTS[budget]
     sets = [f"output_dir={out}", f"name={name}", *overrides]
     command = [sys.executable, "-m", "npdraw_core", "run", str(REPO / config), "--stages", "train", "--threads", "1"]
     subprocess.run([*command, *(arg for s in sets for arg in ("--set", s))], check=True, cwd=REPO)
-    records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-    spent: dict[str, float] = {}
-    for record in records:  # a resumed run adds the CPU of each attempt
-        if record["stage"] == "run":
-            for stage, seconds in record.get("cpu_seconds", {}).items():
-                spent[stage] = spent.get(stage, 0.0) + seconds
-    return out / name, spent
+    return out / name, cpu_seconds_by_stage(out / name)
 
 
 def evaluate(model, config, run_dir: Path, *, seeds: list[int], nll_images: int, fid_samples: int) -> dict:
@@ -108,7 +113,9 @@ def main() -> None:
 
     out = args.out.resolve()
     points = {budget: npdraw_run(out, budget) for budget in sorted(args.budgets)}
-    once = {stage: max(spent.get(stage, 0.0) for _, spent in points.values()) for stage in COMPUTED_ONCE}
+    # bank and parses: computed by whichever run came first in OUT (the same for every point)
+    every_run = [cpu_seconds_by_stage(path.parent) for path in out.glob("*/metrics.jsonl")]
+    once = {stage: max(spent.get(stage, 0.0) for spent in every_run) for stage in COMPUTED_ONCE}
     rows = []
     baseline_config = load_config(REPO / POINTS[max(POINTS)][1], [f"output_dir={out}", "training.max_train_images=null"])
     for budget, (run_dir, spent) in points.items():
