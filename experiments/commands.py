@@ -115,7 +115,11 @@ def _low_data(args) -> None:
         baseline = BaselineBudget(cpu_minutes=args.baseline_cpu_minutes, epochs=epochs)
     rows = run_points(base, points, experiment_dir, baseline=baseline, options=options)
     title = f"{config.data.type} by {args.split}: NP-DRAW{' and the VAE baseline' if baseline else ''}"
-    paths = write_low_data_results(rows, args.results or experiment_dir / "results", title=title)
+    notes = [command_text(), budget_text(config)]
+    if baseline:
+        budget = f"{baseline.cpu_minutes} CPU-minutes" if baseline.cpu_minutes else f"{baseline.epochs} epoch(s)"
+        notes.append(f"VAE baseline (npdraw_baselines): latent {baseline.latent_dim}, trained for {budget} per point.")
+    paths = write_low_data_results(rows, args.results or experiment_dir / "results", title=title, notes=notes)
     print(paths["md"].read_text())
     print(f"experiment: {experiment_dir}\nwrote {paths['csv']}, {paths['md']}, {paths['plot']}")
 
@@ -132,10 +136,19 @@ def _ablation(args) -> None:
     )  # fmt: skip
     points = ablation_points(axes)
     rows = run_points(config.to_dict(), points, experiment_dir, baseline=None, options=options)
-    paths = write_ablation_results(rows, args.results or experiment_dir / "results", axes=axes, budget=budget_text(config),
+    paths = write_ablation_results(rows, args.results or experiment_dir / "results", axes=axes,
+                                   budget=command_text() + "\n\n" + budget_text(config),
                                    title=f"Table 2 ablation on {config.data.type} (reduced scale)")  # fmt: skip
     print(paths["md"].read_text())
     print(f"experiment: {experiment_dir}\nwrote {paths['csv']}, {paths['md']}")
+
+
+def command_text() -> str:
+    """The command line that made the results, for their Markdown page."""
+    import shlex
+    import sys
+
+    return "Command: `" + shlex.join(["npdraw", *sys.argv[1:]]) + "`"
 
 
 def budget_text(config) -> str:

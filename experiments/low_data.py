@@ -56,8 +56,8 @@ def check_splits(base: dict, points: list[Point]) -> None:
         describe(build_dataset(config.data, registry))
 
 
-def write_low_data_results(rows: list[dict], stem: str | Path, *, title: str) -> dict[str, Path]:
-    """STEM.csv, STEM.md and STEM.png from the rows of `run_points`."""
+def write_low_data_results(rows: list[dict], stem: str | Path, *, title: str, notes: list[str] = ()) -> dict[str, Path]:
+    """STEM.csv, STEM.md (the table, then `notes`: command, budget) and STEM.png from `run_points`' rows."""
     import pandas as pd
 
     stem = Path(stem)
@@ -68,7 +68,7 @@ def write_low_data_results(rows: list[dict], stem: str | Path, *, title: str) ->
                            "fid_lenet", "parse_psnr", "cpu_seconds", "seconds", "run_dir") if c in table]  # fmt: skip
     table = table[columns + [c for c in table.columns if c not in columns]]
     table.sort_values(["fraction", "seed", "model"]).to_csv(paths["csv"], index=False)
-    paths["md"].write_text(markdown_table(table, title) + "\n")
+    paths["md"].write_text("\n\n".join([markdown_table(table, title), *notes]) + "\n")
     plot_low_data(table, paths["plot"], title)
     return paths
 
