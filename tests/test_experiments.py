@@ -98,3 +98,22 @@ def test_ablation_table_and_trends(small_config, tmp_path):
     verdict = "holds" if smaller < centre["parse_psnr"] else "does not hold"
     assert f"PSNR rises with M ({smaller:.2f} → {centre['parse_psnr']:.2f} dB for M = 6, 10): {verdict}" in markdown
     assert "λ = 0 gives a worse FID than every λ ≥ 1" in markdown
+
+
+@pytest.mark.slow
+def test_low_data_points_run_as_ray_tune_trials(small_config, tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        arguments = [
+            "experiment", "low-data", str(small_config), "--split", "samples", "--fractions", "0.5", "--seeds", "3",
+            "--no-baseline", "--dir", str(tmp_path), "--name", "ray", "--results", str(tmp_path / "samples"),
+        ]  # fmt: skip
+        assert main(arguments) == 0
+    finally:
+        ray.shutdown()
+    assert list((tmp_path / "ray" / "tune").glob("points-*"))  # Tune's experiment state: the points were trials
+    table = pd.read_csv(tmp_path / "samples.csv")
+    assert list(table["fraction"]) == [0.5] and list(table["model"]) == ["NP-DRAW"]
+    assert list(table["train_images"]) == [550 - 50]  # a seeded half of the 1,100 images, less the valid share
+    assert table["nll_nats"].notna().all() and table["fid_lenet"].notna().all()
