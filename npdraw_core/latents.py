@@ -120,3 +120,159 @@ def render_located(latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
     index = cells[:, :, None, None, None].expand_as(values)
     per_cell.scatter_reduce_(1, index, values, reduce="amax", include_self=True)
     return grid.assemble(per_cell)
+
+
+def located_prior_frames(latents: Latents, bank: Tensor, grid: Grid, *, union_masks: bool = False) -> Tensor:
+    """`prior_frames` of `located` latents, with the gradients autograd gives `prior_frames` (those of the
+    draw, of the running max with its ties and of the masks) but computed cell by cell: each step pastes
+    into one cell, so the frames are built from cell-sized pastes and the backward never forms a
+    per-step map of the whole canvas. For relaxed latents in training (soft `what`, straight-through
+    `where`, hard or straight-through `whether`): the same values and gradients within float tolerance
+    (tests/test_speed_properties.py)."""
+    return _LocatedFrames.apply(latents.whether, latents.what, latents.where, bank, grid, union_masks)
+
+
+class _LocatedFrames(torch.autograd.Function):
+    """Frames (B, T, C+1, S, S) of located latents. Step t = 0..T-1 pastes v_t = (w_t · part_t) · whether_t
+    into cell j_t (w_t: its one nonzero `where` weight); frame f holds c^f = max_{t<f} v_t and the mask of
+    step f-1 (or the union of masks 0..f-1). Kept as one padded canvas per frame, frames last:
+    (C+1, n, K, n, K, T, B), so a cell is a (C, K, K, T, B) slice, every op runs along contiguous runs of
+    T·B numbers, and the frames handed out are a view of it."""
+
+    @staticmethod
+    def forward(ctx, whether: Tensor, what: Tensor, where: Tensor, bank: Tensor, grid: Grid, union_masks: bool):
+        batch, steps = whether.shape
+        channels, size, side = bank.shape[1], grid.patch_size, grid.cells_per_side
+        cells = where.argmax(-1)
+        weight = where.gather(-1, cells[..., None])[..., 0]
+        parts = torch.einsum("btm,mckl->btckl", what, bank)  # (B, T, C, K, K)
+        pasted = (weight[..., None, None, None] * parts) * whether[..., None, None, None]  # step_maps · whether
+        buffer = parts.new_empty(channels + 1, side, size, side, size, steps, batch)  # every frame written below
+        buffer[..., 0, :] = 0
+        canvas = parts.new_zeros(channels, side, size, side, size, batch)  # c^f
+        rows, cols, samples = cells // side, cells % side, torch.arange(batch, device=cells.device)
+        for frame in range(1, steps):
+            row, col = rows[:, frame - 1], cols[:, frame - 1]
+            canvas[:, row, :, col, :, samples] = torch.maximum(
+                canvas[:, row, :, col, :, samples], pasted[:, frame - 1]
+            )
+            buffer[:channels, ..., frame, :] = canvas
+        marks = weight * whether  # each step's mask value: (where · 1) · whether
+        placed = torch.zeros_like(where).scatter_(2, cells[..., None], marks[..., None])  # (B, T, J)
+        masks = cumulative_max(placed) if union_masks else placed
+        buffer[channels, ..., 1:, :] = masks[:, :-1].unflatten(2, (side, side)).permute(2, 3, 1, 0)[
+            :, None, :, None
+        ]  # fmt: skip
+        ctx.grid, ctx.union_masks = grid, union_masks
+        ctx.save_for_backward(whether, where, bank, cells, weight, parts, pasted, buffer)
+        padded, start = buffer.view(channels + 1, side * size, side * size, steps, batch), grid.pad_before
+        return padded[:, start : start + grid.canvas_size, start : start + grid.canvas_size].permute(4, 3, 0, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_frames: Tensor):
+        whether, where, bank, cells, weight, parts, pasted, buffer = ctx.saved_tensors
+        grid, union_masks = ctx.grid, ctx.union_masks
+        channels, side, size, steps, batch = bank.shape[1], grid.cells_per_side, grid.patch_size, *cells.shape[::-1]
+        used, start, end = steps - 1, grid.pad_before, grid.pad_before + grid.canvas_size
+        grads = torch.empty_like(buffer)
+        padded = grads.view(channels + 1, side * size, side * size, steps, batch)
+        padded[:, start:end, start:end] = grad_frames.permute(2, 3, 4, 1, 0)
+        padded[..., 0, :] = 0  # frame 0 is a constant blank
+        for edge in (slice(0, start), slice(end, None)):  # padding pixels get none (they are cropped)
+            padded[:, edge] = 0
+            padded[:, :, edge] = 0
+        canvas, history = grads[:channels], buffer[:channels]  # (C, n, K, n, K, T, B)
+        steps_index, samples = torch.arange(used, device=cells.device)[:, None], torch.arange(batch)[None, :]
+        own_rows, own_cols = (cells[:, :used] // side).T, (cells[:, :used] % side).T  # (T-1, B)
+        # The running max sends frame f's gradient at pixel p to the LAST step t < f with v_t(p) = c^f(p)
+        # (torch.cummax's ties). Where nothing is drawn yet (c^f(p) = 0) that is step f-1, in every cell;
+        # in its own cell, step t wins frame t+1 iff v_t(p) ≥ c^t(p) and keeps winning until a later step
+        # reaches its value there (any later step, when that value is 0).
+        blank = (history[..., :used, :] == 0) * canvas[..., 1:, :]  # (C, n, K, n, K, T-1, B)
+        part_layout = parts[:, :used].permute(2, 3, 4, 1, 0)[:, None, :, None]  # (C, 1, K, 1, K, T-1, B)
+        grad_where = (blank * part_layout).sum((0, 2, 4)).flatten(0, 1)  # (J, T-1, B)
+        own_blank = blank[:, own_rows, :, own_cols, :, steps_index, samples]  # (T-1, B, C, K, K)
+        own_before = history[:, own_rows, :, own_cols, :, steps_index, samples]
+        own_values = pasted[:, :used].transpose(0, 1)  # (T-1, B, C, K, K)
+        later = (steps_index.T > steps_index)[..., None]  # (t, t', 1): t' after t
+        same_cell = (cells[:, :used].T[:, None] == cells[:, :used].T[None]) & later  # (t, t', B)
+        takes_over = (same_cell[..., None, None, None] & (own_values[None] >= own_values[:, None])) | (
+            later[..., None, None, None] & (own_values[:, None] == 0)
+        )  # (t, t', B, C, K, K): step t' wins frame t'+1 from step t at that pixel
+        found, first = takes_over.view(torch.uint8).max(dim=1)
+        last_frame = torch.where(found.bool(), first, steps - 1)  # (T-1, B, C, K, K)
+        totals = canvas.cumsum(dim=5)  # Σ_{f' ≤ f} of frame f''s gradient
+        lanes = [torch.arange(n, device=cells.device).view(shape) for n, shape in
+                 ((channels, (-1, 1, 1)), (size, (1, -1, 1)), (size, (1, 1, -1)))]  # fmt: skip
+        at = (lanes[0], own_rows[..., None, None, None], lanes[1], own_cols[..., None, None, None], lanes[2])
+        reign = totals[(*at, last_frame, samples[..., None, None, None])] - totals[
+            (*at, steps_index[..., None, None, None], samples[..., None, None, None])
+        ]  # fmt: skip
+        own_grad = torch.zeros_like(pasted)  # (B, T, C, K, K): the last step feeds no frame
+        own_grad[:, :used] = ((own_values >= own_before) * reign).transpose(0, 1)
+        correction = ((own_grad[:, :used].transpose(0, 1) - own_blank) * parts[:, :used].transpose(0, 1)).sum((2, 3, 4))
+        grad_where = grad_where.permute(2, 1, 0)  # (B, T-1, J)
+        grad_where = grad_where.scatter_add(2, cells[:, :used, None], correction.T[..., None])
+        grad_where = torch.cat([grad_where, grad_where.new_zeros(batch, 1, grad_where.shape[2])], dim=1)
+        # v_t = (Σ_j where_tj · placed_j(part_t)) · whether_t
+        grad_where = grad_where * whether[..., None]
+        grad_what = ((weight * whether)[..., None] * own_grad.flatten(2)) @ bank.flatten(1).T
+        grad_whether = (weight[..., None] * (parts * own_grad).flatten(2)).sum(-1)
+        # masks: (where · 1) · whether on each cell, and their running max with union masks
+        mask = grads[channels].sum((1, 3)).flatten(0, 1).permute(2, 1, 0)  # (B, T, J): summed over the cell
+        if union_masks:
+            with torch.enable_grad():
+                where_, whether_ = where.detach().requires_grad_(), whether.detach().requires_grad_()
+                union = cumulative_max(where_ * whether_[..., None])
+                mask_where, mask_whether = torch.autograd.grad(union[:, :used], (where_, whether_), mask[:, 1:])
+            grad_where, grad_whether = grad_where + mask_where, grad_whether + mask_whether
+        else:
+            grad_where[:, :used] += whether[:, :used, None] * mask[:, 1:]
+            grad_whether[:, :used] += weight[:, :used] * mask[:, 1:].gather(2, cells[:, :used, None])[..., 0]
+        return grad_whether, grad_what, grad_where, None, None, None
+
+
+def located_final_canvas(latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
+    """`final_canvas(step_maps(latents, bank, grid), latents.whether)` of `located` latents, with the
+    gradients autograd gives it (amax splits a pixel's gradient evenly among the steps that reach its
+    maximum), computed cell by cell instead of through a per-step map of the whole canvas."""
+    return _LocatedFinalCanvas.apply(latents.whether, latents.what, latents.where, bank, grid)
+
+
+class _LocatedFinalCanvas(torch.autograd.Function):
+    """c^T (B, C, S, S) = max over all steps of v_t = (w_t · part_t) · whether_t, pasted into cell j_t."""
+
+    @staticmethod
+    def forward(ctx, whether: Tensor, what: Tensor, where: Tensor, bank: Tensor, grid: Grid):
+        batch, steps = whether.shape
+        cells = where.argmax(-1)
+        weight = where.gather(-1, cells[..., None])[..., 0]
+        parts = torch.einsum("btm,mckl->btckl", what, bank).flatten(2)  # (B, T, Q)
+        pasted = (weight[..., None] * parts) * whether[..., None]
+        final = pasted.new_zeros(batch, grid.num_cells, parts.shape[-1])
+        final.scatter_reduce_(1, cells[..., None].expand_as(pasted), pasted, reduce="amax", include_self=True)
+        ctx.grid = grid
+        ctx.save_for_backward(whether, bank, cells, weight, parts, pasted, final)
+        return grid.assemble(final.view(batch, grid.num_cells, bank.shape[1], grid.patch_size, grid.patch_size))
+
+    @staticmethod
+    def backward(ctx, grad_canvas: Tensor):
+        whether, bank, cells, weight, parts, pasted, final = ctx.saved_tensors
+        grid, steps = ctx.grid, cells.shape[1]
+        grads = grid.cells(grad_canvas).flatten(2)  # (B, J, Q), padding pixels 0
+        own_final = final.gather(1, cells[..., None].expand_as(pasted))  # (B, T, Q)
+        reaches = pasted == own_final  # step t reaches the maximum of its own cell's pixel
+        drawn_there = torch.zeros_like(final).scatter_add_(1, cells[..., None].expand_as(pasted), reaches.to(final.dtype))
+        in_cell = torch.zeros_like(final[..., 0]).scatter_add_(1, cells, torch.ones_like(weight))  # steps per cell
+        # ties at the maximum: the steps of the cell that reach it, and, where it is 0, every other step too
+        count = drawn_there + (final == 0) * (steps - in_cell)[..., None]
+        share = grads / count.clamp(min=1)
+        blank = share * (final == 0)  # what a step gets at a pixel of a cell it does not draw into
+        own_grad = reaches * share.gather(1, cells[..., None].expand_as(pasted))  # (B, T, Q)
+        grad_where = torch.einsum("bjq,btq->btj", blank, parts)
+        own_blank = blank.gather(1, cells[..., None].expand_as(pasted))
+        grad_where = grad_where.scatter_add(2, cells[..., None], ((own_grad - own_blank) * parts).sum(-1, keepdim=True))
+        grad_where = grad_where * whether[..., None]
+        grad_what = ((weight * whether)[..., None] * own_grad) @ bank.flatten(1).T
+        grad_whether = (weight[..., None] * parts * own_grad).sum(-1)
+        return grad_whether, grad_what, grad_where, None, None

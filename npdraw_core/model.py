@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from npdraw_core import distributions, posterior
 from npdraw_core.geometry import Grid, final_canvas
 from npdraw_core.interfaces import Decoder, Encoder, OutputDistribution, Prior, StepLogits
-from npdraw_core.latents import Latents, located, render, render_located, step_maps
+from npdraw_core.latents import Latents, located, located_final_canvas, render, render_located, step_maps
 from npdraw_core.sampling import (
     BLOCK_SIZE,
     blocks,
@@ -101,9 +101,13 @@ class NPDraw(nn.Module):
         )
         if parse_forcing > 0:
             latents = _force_parse(latents, parse, parse_forcing, generator)
-        maps = step_maps(latents, self.bank, self.grid)  # every step rendered once: canvas and prior frames
-        reconstruction = -self.output.log_prob(self.decode(final_canvas(maps, latents.whether)), images)
-        kl = distributions.kl_divergence(q_logits, self.prior_logits(latents, maps=maps), latents.whether)
+        if located(latents):  # straight-through `where`: canvas and prior frames built cell by cell
+            canvas, prior = located_final_canvas(latents, self.bank, self.grid), self.prior_logits(latents)
+        else:
+            maps = step_maps(latents, self.bank, self.grid)  # every step rendered once: canvas and frames
+            canvas, prior = final_canvas(maps, latents.whether), self.prior_logits(latents, maps=maps)
+        reconstruction = -self.output.log_prob(self.decode(canvas), images)
+        kl = distributions.kl_divergence(q_logits, prior, latents.whether)
         # −KL(p_h ‖ q) up to a constant: the cross-entropy of q against the parser's delta.
         parse_ce = -distributions.log_prob(q_logits, parse)
         loss = (reconstruction + kl + reg_weight * parse_ce).mean()

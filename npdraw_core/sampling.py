@@ -37,7 +37,7 @@ from torch import Tensor
 from npdraw_core.distributions import scale_logits
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import Prior, StepLogits
-from npdraw_core.latents import Latents, located, prior_frames, render
+from npdraw_core.latents import Latents, located, located_prior_frames, prior_frames, render
 
 if TYPE_CHECKING:  # model.py imports this module
     from npdraw_core.model import NPDraw
@@ -168,14 +168,19 @@ def prior_logits(
     """Teacher-forced logits of p(z^t | z^{<t}) for given latents, in one batched pass over all T frames.
 
     A prior with `logits_from_latents` (the transformer) computes them from the local change of each frame
-    when every step draws into one cell and no gradient has to reach the latents (parses in pre-training,
-    hard samples in the NLL bound): equal within float tolerance, and far cheaper than whole frames. With
-    gradients into relaxed latents (VAE training) the frames are built in full, so the gradients the model
-    defines (straight-through `where` reaches every cell) stay the same. `maps`: the latents' step maps,
-    when the caller has rendered them already."""
+    when every step draws into one cell: equal within float tolerance, and far cheaper than whole frames.
+    When gradients must reach the latents (relaxed latents in VAE training, the prior frozen), the frames
+    are built by `located_prior_frames` (the gradients of `prior_frames`, cell by cell) and the prior
+    passes its embedding's gradient to them. Otherwise (soft `where`, or a prior being trained through
+    relaxed latents) the whole frames are built and embedded. `maps`: the latents' step maps, when the
+    caller has rendered them already."""
     from_latents = getattr(prior, "logits_from_latents", None)
-    if prior.uses_frames and from_latents is not None and _located(latents):
-        return from_latents(latents, bank, grid)
+    if prior.uses_frames and from_latents is not None and located(latents):
+        if not _needs_latent_gradients(latents):
+            return from_latents(latents, bank, grid)
+        if not any(parameter.requires_grad for parameter in prior.parameters()):
+            frames = located_prior_frames(latents, bank, grid, union_masks=prior.union_masks)
+            return from_latents(latents, bank, grid, frames=frames)
     if prior.uses_frames:
         frames = prior_frames(latents, bank, grid, union_masks=prior.union_masks, maps=maps)
     else:  # a context-free prior only reads the batch size and length: a stride-0 view costs nothing
@@ -185,11 +190,8 @@ def prior_logits(
     return prior(frames)
 
 
-def _located(latents: Latents) -> bool:
-    """True when no gradient must reach the latents and every step's `where` has one nonzero weight."""
-    if torch.is_grad_enabled() and any(v.requires_grad for v in (latents.whether, latents.what, latents.where)):
-        return False
-    return located(latents)
+def _needs_latent_gradients(latents: Latents) -> bool:
+    return torch.is_grad_enabled() and any(v.requires_grad for v in (latents.whether, latents.what, latents.where))
 
 
 def prior_device(prior: Prior, bank: Tensor) -> torch.device:

@@ -6,11 +6,14 @@
   grey and colour, canvases that do and do not divide into cells), with the same weight gradients;
 * hard latents rendered directly = `render`;
 * the batched NLL bound = the one-sample-at-a-time bound for the same seed;
-* per-sample sampling with all of a sample's uniforms drawn at once = the per-row draws it replaced.
+* per-sample sampling with all of a sample's uniforms drawn at once = the per-row draws it replaced;
+* VAE training: located frames / final canvas and the prior's frame gradients give the gradients of whole
+  maps and frames (float64, random relaxed latents with many ties, both mask modes, grey and colour).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -21,8 +24,18 @@ from hypothesis import strategies as st
 from npdraw_core import distributions, posterior
 from npdraw_core.contracts import build_prior, contract_bank
 from npdraw_core.distributions import scale_logits
-from npdraw_core.geometry import ModelShape
-from npdraw_core.latents import Latents, prior_frames, render, render_located
+from npdraw_core.geometry import ModelShape, final_canvas
+from npdraw_core.interfaces import StepLogits
+from npdraw_core.latents import (
+    Latents,
+    located,
+    located_final_canvas,
+    located_prior_frames,
+    prior_frames,
+    render,
+    render_located,
+    step_maps,
+)
 from npdraw_core.sampling import generators_for, prior_logits, sample_latents
 from npdraw_core.threads import chosen_threads, default_threads
 from npdraw_plugins.priors.transformer import TransformerPrior, TransformerPriorConfig
@@ -374,3 +387,126 @@ def test_sampling_falls_back_to_the_plain_step_without_torchscript(monkeypatch):
     prior, bank = varied_prior(shape, True), contract_bank(shape)
     latents = sample_latents(prior, bank, shape.grid, 2, generator=torch.Generator().manual_seed(3))
     assert_same_samples(latents, reference_sampler(prior, bank, shape.grid, torch.Generator().manual_seed(3), 2))
+
+
+# -- VAE training: gradients through relaxed latents, computed cell by cell ------------------------------
+
+
+def relaxed_latents(shape: ModelShape, batch: int, seed: int, estimator: str, few_cells: bool):
+    """Posterior logits (float64, requiring gradients) and a relaxed sample of them: soft `what`,
+    straight-through `where` (one-hot values), hard or straight-through `whether`."""
+    generator = torch.Generator().manual_seed(seed)
+    steps, size = shape.num_steps, shape.bank_size
+    where = torch.randn(batch, steps, steps, generator=generator)
+    if few_cells:  # steps draw again and again into the same cells: ties and take-overs in the running max
+        where[..., :3] += 6
+    logits = StepLogits(
+        torch.randn(batch, steps, generator=generator), torch.randn(batch, steps, size, generator=generator) * 2, where
+    )
+    logits = StepLogits(*(value.double().requires_grad_(True) for value in (logits.whether, logits.what, logits.where)))
+    latents = posterior.sample_relaxed(
+        logits, temperature=0.7, whether_estimator=estimator, generator=torch.Generator().manual_seed(seed + 1)
+    )
+    return logits, latents
+
+
+def tie_bank(shape: ModelShape, seed: int) -> torch.Tensor:
+    """Parts with values in {0, 0.5, 1}: many exact ties between steps in the running max."""
+    generator = torch.Generator().manual_seed(seed)
+    size = (shape.bank_size, shape.channels, shape.patch_size, shape.patch_size)
+    return (torch.randint(0, 3, size, generator=generator) / 2).double()
+
+
+def gradients_of(value: torch.Tensor, logits: StepLogits, seed: int = 7) -> tuple[torch.Tensor, ...]:
+    weights = torch.randn(value.shape, generator=torch.Generator().manual_seed(seed), dtype=value.dtype)
+    return torch.autograd.grad(
+        (value * weights).sum(), (logits.whether, logits.what, logits.where), allow_unused=True, materialize_grads=True,
+        retain_graph=True,
+    )
+
+
+VAE_CASE = dict(
+    shape=st.sampled_from(SHAPES[:4]),
+    union_masks=st.booleans(),
+    seed=st.integers(0, 10_000),
+    estimator=st.sampled_from(["hard", "straight_through"]),
+    few_cells=st.booleans(),
+)
+
+
+@PROPERTY
+@given(**VAE_CASE)
+def test_located_frames_have_the_values_and_gradients_of_prior_frames(shape, union_masks, seed, estimator, few_cells):
+    logits, latents = relaxed_latents(shape, 3, seed, estimator, few_cells)
+    bank = tie_bank(shape, seed)
+    assert located(latents)
+    full = prior_frames(latents, bank, shape.grid, union_masks=union_masks)
+    fast = located_prior_frames(latents, bank, shape.grid, union_masks=union_masks)
+    assert torch.equal(fast, full)
+    for expected, actual in zip(gradients_of(full, logits), gradients_of(fast, logits), strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-9)
+
+
+@PROPERTY
+@given(**{name: value for name, value in VAE_CASE.items() if name != "union_masks"})
+def test_located_final_canvas_has_the_values_and_gradients_of_render(shape, seed, estimator, few_cells):
+    logits, latents = relaxed_latents(shape, 3, seed, estimator, few_cells)
+    bank = tie_bank(shape, seed)
+    full, fast = render(latents, bank, shape.grid), located_final_canvas(latents, bank, shape.grid)
+    assert torch.equal(fast, full)
+    for expected, actual in zip(gradients_of(full, logits), gradients_of(fast, logits), strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-9)
+
+
+@PROPERTY
+@given(**VAE_CASE)
+def test_prior_logits_of_relaxed_latents_give_the_gradients_of_the_full_frames(
+    shape, union_masks, seed, estimator, few_cells
+):
+    """The frozen prior's KL term in VAE training: embeddings from local changes, the frames' gradient
+    from the embedding's backward, the latents' from the located frames. Float64, so that no conv output
+    sits close enough to 0 for summation order to flip its ReLU."""
+    prior = prior_for(shape, union_masks).double().requires_grad_(False)
+    logits, latents = relaxed_latents(shape, 3, seed, estimator, few_cells)
+    bank = tie_bank(shape, seed)
+
+    def kl(prior_logits: StepLogits) -> torch.Tensor:
+        return distributions.kl_divergence(logits, prior_logits, latents.whether)
+
+    full = kl(prior(prior_frames(latents, bank, shape.grid, union_masks=union_masks)))
+    fast = kl(prior_logits(prior, latents, bank, shape.grid))
+    torch.testing.assert_close(fast, full, rtol=1e-9, atol=1e-9)
+    for expected, actual in zip(gradients_of(full, logits), gradients_of(fast, logits), strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_the_vae_loss_gives_the_gradients_of_whole_maps_and_frames(model_parts):
+    """NPDraw.loss (located canvas and frames) against the same loss through step_maps/prior_frames."""
+    model, images = model_parts
+    model = copy.deepcopy(model).double().train()
+    images, parse = images.double(), latents_from(SHAPES[0], len(images), seed=1, draw_rate=0.5, few_cells=False)
+    parse = Latents(*(value.double() for value in (parse.whether, parse.what, parse.where)))
+
+    def weight_gradients(loss_of) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        loss_of().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    def generic() -> torch.Tensor:
+        q_logits = model.encode(images)
+        latents = posterior.sample_relaxed(q_logits, temperature=0.8, whether_estimator="hard",
+                                           generator=torch.Generator().manual_seed(5))  # fmt: skip
+        maps = step_maps(latents, model.bank, model.grid)
+        canvas = final_canvas(maps, latents.whether)
+        frames = prior_frames(latents, model.bank, model.grid, union_masks=model.prior.union_masks, maps=maps)
+        reconstruction = -model.output.log_prob(model.decode(canvas), images)
+        kl = distributions.kl_divergence(q_logits, model.prior(frames), latents.whether)
+        return (reconstruction + kl + 50.0 * -distributions.log_prob(q_logits, parse)).mean()
+
+    def fast() -> torch.Tensor:
+        return model.loss(images, parse, reg_weight=50.0, temperature=0.8, generator=torch.Generator().manual_seed(5)).loss
+
+    expected, actual = weight_gradients(generic), weight_gradients(fast)
+    assert expected.keys() == actual.keys() and any(name.startswith("encoder") for name in expected)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-7, atol=1e-9, msg=name)

@@ -24,6 +24,7 @@ tolerance, with the same gradients for the prior's weights (tests/test_speed_pro
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -328,6 +329,67 @@ def _per_cell_matmul(rows: Tensor, counts: list[int], weights: tuple[Tensor, ...
     return torch.cat(out).view(*rows.shape[:2], -1)
 
 
+def _frame_activity(
+    bias: Tensor, outputs_per_channel: int, columns: Tensor, cells: Tensor, after: Tensor, with_mask: Tensor | None
+) -> Tensor:
+    """(T, E·O², B) bool: which conv outputs of every frame are positive, rows in the Linear's column
+    order (`columns`: (J, E·size²), each cell's window). Frame f+1's pre-activations are frame f's canvas
+    ones with step f's window replaced by `after` (T-1, B, E·size²), plus, without union masks, its mask's
+    contribution there (`with_mask`: that window's pre-activations with the mask). Frame 0 is blank: the
+    conv bias."""
+    batch, steps = cells.shape
+    state = bias.repeat_interleave(outputs_per_channel)[:, None].repeat(1, batch)
+    active = torch.empty(steps, len(state), batch, dtype=torch.bool, device=state.device)
+    torch.gt(state, 0, out=active[0])
+    windows = columns[cells[:, :-1].T].transpose(1, 2)  # (T-1, E·size², B)
+    for step in range(steps - 1):
+        state.scatter_(0, windows[step], after[step].T)
+        torch.gt(state, 0, out=active[step + 1])
+        if with_mask is not None:
+            active[step + 1].scatter_(0, windows[step], with_mask[step].T > 0)
+    return active
+
+
+class _FramesEmbedding(torch.autograd.Function):
+    """The frame embedding of `frames` (B, T, C+1, S, S), given as `embedded` (computed from the latents'
+    local changes), with the gradient the frames get from Linear ∘ ReLU ∘ Conv (weights frozen):
+    convT(relu'(pre) ⊙ W_Lᵀ dE) for every frame. Frames are the last (contiguous) dimension and are
+    processed in chunks whose intermediates stay in the CPU's caches: one matmul through the Linear, one
+    through the conv's 9 taps, 9 strided adds. `inactive`: (T, E·O², B), True where ReLU' is 0."""
+
+    chunk = 1024  # columns (frames · sequences) per chunk
+
+    @staticmethod
+    def forward(ctx, frames, embedded, inactive, linear_weight, conv_weight, canvas_size):
+        ctx.save_for_backward(inactive, linear_weight, conv_weight)
+        ctx.canvas_size = canvas_size
+        return embedded.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        inactive, linear_weight, conv_weight = ctx.saved_tensors  # inactive: (T, E·O², B)
+        batch, steps, width = grad.shape
+        features, channels = conv_weight.shape[:2]
+        out_side, rows = math.isqrt(inactive.shape[1] // features), inactive.shape[1]
+        per_frame = grad.permute(2, 1, 0).reshape(width, steps * batch)  # (d, T·B), frame-major
+        taps_weight = conv_weight.permute(1, 2, 3, 0).reshape(-1, features)  # (C'·9, E)
+        side, span = 2 * out_side + 2, 2 * out_side  # the conv-padded frame (a row/column more when odd)
+        padded = grad.new_zeros(channels, side, side, steps * batch)
+        frames_per_chunk = max(1, _FramesEmbedding.chunk // batch)
+        for first in range(0, steps, frames_per_chunk):
+            last = min(first + frames_per_chunk, steps)
+            columns = slice(first * batch, last * batch)
+            hidden = linear_weight.t() @ per_frame[:, columns]  # (E·O², frames · B)
+            hidden.view(rows, last - first, batch).masked_fill_(inactive[first:last].transpose(0, 1), 0)
+            taps = (taps_weight @ hidden.view(features, -1)).view(channels, 3, 3, out_side, out_side, -1)
+            for row in range(3):
+                for col in range(3):
+                    padded[:, row : row + span : 2, col : col + span : 2, columns] += taps[:, row, col]
+        size = ctx.canvas_size
+        frames_grad = padded[:, 1 : size + 1, 1 : size + 1].unflatten(-1, (steps, batch)).permute(4, 3, 0, 1, 2)
+        return frames_grad, None, None, None, None, None
+
+
 def _head(d_model: int, hidden: int, outputs: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
 
@@ -382,16 +444,37 @@ class TransformerPrior(Prior):
         return self._heads(hidden)
 
     # -- teacher forcing from the latents (see the module docstring) -----------------------------------
-    def logits_from_latents(self, latents: Latents, bank: Tensor, grid: Grid) -> StepLogits:
+    def logits_from_latents(
+        self, latents: Latents, bank: Tensor, grid: Grid, *, frames: Tensor | None = None
+    ) -> StepLogits:
         """`forward(prior_frames(latents, bank, grid, union_masks=...))` from local frame changes. Each
-        step's `where` must have at most one nonzero weight (hard or straight-through latents)."""
+        step's `where` must have at most one nonzero weight (hard or straight-through latents).
+
+        Gradients reach the prior's weights, not the latents. `frames`: these latents' frames, when the
+        gradient must reach them (relaxed latents in VAE training, the prior frozen): the embeddings are
+        still computed locally, and the frames get the gradient the frame embedding gives its input."""
         length = latents.num_steps
-        tokens = self.embed_latents(latents, bank, grid)
+        if frames is None:
+            tokens = self.embed_latents(latents, bank, grid)
+        else:
+            if any(parameter.requires_grad for parameter in self.frame_embedding.parameters()):
+                raise ValueError("gradients into the frames need a frozen frame embedding (requires_grad False)")
+            with torch.no_grad():
+                tokens, active = self._embed_located(latents, bank, grid, activity=True)
+            conv, linear = self.frame_embedding[0], self.frame_embedding[3]
+            tokens = _FramesEmbedding.apply(frames, tokens, ~active, linear.weight, conv.weight, grid.canvas_size)
         return self._transform(_dropout(tokens + self.positions[:length], self.config.dropout, self.training))
 
     def embed_latents(self, latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
         """Frame embeddings (B, T, d_model) of the teacher-forcing frames of `latents` (no positions).
         Gradients reach the prior's weights only (the latents are treated as constants)."""
+        return self._embed_located(latents, bank, grid, activity=False)[0]
+
+    def _embed_located(
+        self, latents: Latents, bank: Tensor, grid: Grid, *, activity: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The embeddings and, with `activity`, which conv outputs of every frame are positive (the ReLU's
+        derivative), (T, E·O², B) in the Linear's column order (see `_frame_activity`)."""
         batch, steps = latents.batch_size, latents.num_steps
         if steps > self.num_steps:
             raise ValueError(f"the prior was built for {self.num_steps} steps but got {steps} latent steps")
@@ -399,7 +482,8 @@ class TransformerPrior(Prior):
         side, channels = grid.canvas_size, bank.shape[1]
         first = self.frame_embedding(bank.new_zeros(1, channels + 1, side, side))  # frame 0: all zeros
         if steps == 1 or batch == 0:
-            return first.expand(batch, steps, -1)
+            active = (conv.bias > 0).repeat_interleave(linear.in_features // conv.out_channels)
+            return first.expand(batch, steps, -1), active[None, :, None].expand(steps, -1, batch) if activity else None
         geometry = self._geometry(grid, bank.device)
         # transition i (i = 0..T-2) turns frame i into frame i+1: step i draws into cell drawn[:, i] (and,
         # without union masks, the mask of step i-1 goes away)
@@ -426,6 +510,16 @@ class TransformerPrior(Prior):
         local_weights = local_weights.permute(1, 2, 0).unbind(0)  # per cell (E · size², d_model)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
+        active = None
+        if activity:
+            mask_pre = None if self.union_masks else torch.addcmul(after, marks[:, None], self._own_mask_features(
+                conv, geometry).index_select(0, drawn))  # fmt: skip
+            active = _frame_activity(
+                conv.bias, linear.in_features // conv.out_channels, columns, cells, *(
+                    None if pre is None else pre.index_select(0, inverse).view(steps - 1, batch, -1)
+                    for pre in (after, mask_pre)
+                ),
+            )  # fmt: skip
         before = F.relu(before)
         if self.union_masks:  # the union mask is in the windows: delta = frame i+1 − frame i around cell j_i
             moved = _per_cell_matmul((F.relu(after) - before)[:, None], counts, local_weights)
@@ -441,13 +535,13 @@ class TransformerPrior(Prior):
             out = _per_cell_matmul(changes, counts, local_weights).index_select(0, inverse)
             settled, current = out.view(steps - 1, batch, 2, -1).transpose(0, 1).unbind(2)
             moved = current + torch.cat([torch.zeros_like(settled[:, :1]), settled[:, :-1].cumsum(dim=1)], dim=1)
-        return torch.cat([first.expand(batch, 1, -1), first + moved], dim=1)
+        return torch.cat([first.expand(batch, 1, -1), first + moved], dim=1), active
 
     @staticmethod
     def _own_mask_features(conv: nn.Conv2d, geometry: _WindowGeometry) -> Tensor:
         """(T, E · size²) in (output, channel) order: the mask channel's conv (no bias) of each cell's own
         mask in its window."""
-        patches = geometry.own_mask[:, geometry.patch_index].view(-1, 9)
+        patches = geometry.own_mask[:, geometry.patch_index].view(-1, 9).to(conv.weight.dtype)
         return (patches @ _im2col_weight(conv.weight[:, -1:])).view(len(geometry.own_mask), -1)
 
     def start(self, batch_size: int, *, use_cache: bool = True) -> KeyValueCache | PrefixState:
