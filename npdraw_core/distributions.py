@@ -51,15 +51,21 @@ def _bernoulli_kl(q_logit: Tensor, p_logit: Tensor) -> Tensor:
     )
 
 
-def scale_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
-    """Sampling knobs on categorical logits: divide by `temperature`, keep only the `top_k` largest."""
+def check_sampling_options(temperature: float, top_k: int | None) -> None:
+    """A teaching error unless temperature > 0 and top_k (when given) ≥ 1."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+
+
+def scale_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
+    """Sampling knobs on categorical logits: divide by `temperature`, keep only the `top_k` largest.
+    (No keyword-only arguments: the sampler's step compiles it under TorchScript, which has none.)"""
+    check_sampling_options(temperature, top_k)
     if temperature != 1:  # x / 1 is x exactly: skip the op
         logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
         threshold = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < threshold, float("-inf"))
     return logits

@@ -26,6 +26,7 @@ Two ways to seed a batch:
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from npdraw_core.distributions import scale_logits
+from npdraw_core.distributions import check_sampling_options, scale_logits
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import Prior, StepLogits
 from npdraw_core.latents import Latents, located, located_prior_frames, prior_frames, render
@@ -211,45 +212,100 @@ def _sample_steps(
     use_cache: bool,
 ) -> Latents:
     """The ancestral sampler for one batch; every network call here sees `batch` rows."""
+    check_sampling_options(temperature, top_k)  # here: inside TorchScript a ValueError loses its type
     device = prior_device(prior, bank)
     bank = bank.to(device)
-    steps, channels, size = grid.num_cells, bank.shape[1], grid.patch_size
+    steps, channels, size, side = grid.num_cells, bank.shape[1], grid.patch_size, grid.cells_per_side
     # The frame kept cell by cell on the padded canvas, mask channel last: (B·T, C+1, K, K), row b·T + j
-    # for cell j of sample b. A step only rewrites its own cell; `grid.assemble` lays the cells out as the
-    # frame (c^t, mask^t), a new tensor each step.
+    # for cell j of sample b. A step only rewrites its own cell; the frame (c^t, mask^t) is a new tensor
+    # each step, laid out from a fixed view of the cells (what `grid.assemble` does) and cropped.
     cells = torch.zeros(batch * steps, channels + 1, size, size, device=device, dtype=bank.dtype)
+    layout = cells.view(batch, side, side, channels + 1, size, size).permute(0, 3, 1, 4, 2, 5)
+    padded, crop = (batch, channels + 1, side * size, side * size), slice(grid.pad_before, grid.pad_before + grid.canvas_size)
     first_cell = torch.arange(batch, device=device) * steps
-    frame = grid.assemble(cells.view(batch, steps, channels + 1, size, size))
-    chosen = {"whether": [], "what": [], "where": []}
+    frame = layout.reshape(padded)[:, :, crop, crop]
+    draws, parts, places = [], [], []
+    advance, sizes = _compiled_advance(), [*padded, grid.pad_before, grid.canvas_size]
     was_training = prior.training
-    prior.eval()
+    if any(module.training for module in prior.modules()):  # eval() walks and sets every module: ~1 ms
+        prior.eval()
     noise = _Noise(generator, batch, steps, bank.shape[0], device)
     try:
         state = prior.start(batch, use_cache=use_cache)
         for step in range(steps):
             logits, state = prior.step(frame, state)
-            u_whether, gumbel_what, gumbel_where = noise.step(step)
-            draw = u_whether < torch.sigmoid(_scaled(logits.whether, temperature))
-            what = (scale_logits(logits.what, temperature=temperature, top_k=top_k) - gumbel_what).argmax(dim=-1)
-            where = (scale_logits(logits.where, temperature=temperature, top_k=top_k) - gumbel_where).argmax(dim=-1)
-            for name, value in (("whether", draw), ("what", what), ("where", where)):
-                chosen[name].append(value)
-            if prior.uses_frames:  # c^t = max(c^{t-1}, whether · Draw(part, cell)); frame t = (c^t, mask^t)
-                gate = draw.to(bank.dtype)[:, None, None, None]
-                rows = first_cell + where
-                cell = cells.index_select(0, rows)  # (B, C+1, K, K)
-                torch.maximum(cell[:, :channels], bank.index_select(0, what) * gate, out=cell[:, :channels])
-                if prior.union_masks:
-                    torch.maximum(cell[:, channels:], gate, out=cell[:, channels:])
-                else:  # only step t's mask: clear the previous one
-                    cells[:, channels:] = 0
-                    cell[:, channels:] = gate
-                cells.index_copy_(0, rows, cell)
-                frame = grid.assemble(cells.view(batch, steps, channels + 1, size, size))
+            draw, what, where, frame = advance(
+                logits.whether, logits.what, logits.where, *noise.step(step), cells, layout, first_cell, bank,
+                sizes, temperature, -1 if top_k is None else top_k, prior.uses_frames, prior.union_masks,
+            )  # fmt: skip
+            draws.append(draw), parts.append(what), places.append(where)
     finally:
-        prior.train(was_training)
-    stacked = {name: torch.stack(values, dim=1) for name, values in chosen.items()}
-    return Latents.from_indices(**stacked, bank_size=bank.shape[0], num_cells=steps)
+        if was_training:
+            prior.train()
+    return Latents.from_indices(
+        whether=torch.stack(draws, dim=1), what=torch.stack(parts, dim=1), where=torch.stack(places, dim=1),
+        bank_size=bank.shape[0], num_cells=steps,
+    )  # fmt: skip
+
+
+def _advance(
+    whether_logits: Tensor,
+    what_logits: Tensor,
+    where_logits: Tensor,
+    u_whether: Tensor,
+    gumbel_what: Tensor,
+    gumbel_where: Tensor,
+    cells: Tensor,
+    layout: Tensor,
+    first_cell: Tensor,
+    bank: Tensor,
+    sizes: list[int],
+    temperature: float,
+    top_k: int,
+    uses_frames: bool,
+    union_masks: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One sampling step after the prior's logits: draw whether / what / where (Gumbel-max with the step's
+    noise, after `scale_logits`; top_k -1: none), paste the part into its cell (c^t = max(c^{t-1},
+    whether · part)), set the mask, and lay out the next frame."""
+    whether_logits = _scaled(whether_logits, temperature)
+    what_logits = scale_logits(what_logits, temperature=temperature, top_k=None if top_k < 0 else top_k)
+    where_logits = scale_logits(where_logits, temperature=temperature, top_k=None if top_k < 0 else top_k)
+    draw = u_whether < torch.sigmoid(whether_logits)
+    what = (what_logits - gumbel_what).argmax(dim=-1)
+    where = (where_logits - gumbel_where).argmax(dim=-1)
+    if not uses_frames:
+        return draw, what, where, cells
+    channels = bank.shape[1]
+    gate = draw.to(bank.dtype).view(-1, 1, 1, 1)
+    rows = first_cell + where
+    cell = cells.index_select(0, rows)  # (B, C+1, K, K)
+    cell[:, :channels] = torch.maximum(cell[:, :channels], bank.index_select(0, what) * gate)
+    if union_masks:
+        cell[:, channels:] = torch.maximum(cell[:, channels:], gate)
+    else:  # only step t's mask: clear the previous one
+        cells[:, channels:] = 0
+        cell[:, channels:] = gate
+    cells.index_copy_(0, rows, cell)
+    start, size = sizes[4], sizes[5]
+    frame = layout.reshape(sizes[:4])[:, :, start : start + size, start : start + size]
+    return draw, what, where, frame
+
+
+_COMPILED: list = []
+
+
+def _compiled_advance():
+    """`_advance` under TorchScript (the same ops, so the same numbers, for less overhead per op),
+    compiled once per process; plain `_advance` where TorchScript is missing or fails."""
+    if not _COMPILED:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.script is deprecated in favour of torch.compile
+                _COMPILED.append(torch.jit.script(_advance))
+        except Exception:  # noqa: BLE001 - any failure of an optional compiler falls back to eager
+            _COMPILED.append(_advance)
+    return _COMPILED[0]
 
 
 def _scaled(logits: Tensor, temperature: float) -> Tensor:

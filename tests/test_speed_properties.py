@@ -351,13 +351,14 @@ def test_one_image_at_demo_sizes_is_the_sample_of_the_sampler_before_issue_11(un
     assert_same_samples(latents, {name: values[:3] for name, values in reference.items()})
 
 
+@pytest.mark.parametrize("head_dim", [8, 16])  # 16: the query scale 1/4 is folded into W_k
 @pytest.mark.parametrize("batch", [1, 5])
-def test_the_compiled_step_computes_the_numbers_of_the_module_step(batch):
+def test_the_compiled_step_computes_the_numbers_of_the_module_step(batch, head_dim):
     """Bit for bit, at every position: TorchScript and plain `_step` against the modules' step."""
     import npdraw_plugins.priors.transformer as transformer
 
     shape = ModelShape(3, 8, 8, 3, 5)
-    prior = varied_prior(shape, False)
+    prior = varied_prior(shape, False, {**SMALL, "head_dim": head_dim})
     frames = torch.rand(batch, shape.num_steps, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     state = prior.start(batch)
     inputs = [torch.empty_like(cache) for cache in state.inputs]
@@ -368,21 +369,24 @@ def test_the_compiled_step_computes_the_numbers_of_the_module_step(batch):
             logits, state = prior.step(frames[:, position], state)
             expected = reference_step(prior, frames[:, position], inputs, position)
             eager = transformer._step(frames[:, position], position, plain, weights.embedding, weights.layers,
-                                      weights.heads, 2, 8, weights.norm_eps)  # fmt: skip
+                                      weights.heads, 2, head_dim, prior._query_scale(), weights.norm_eps)  # fmt: skip
             for name, value in zip(("whether", "what", "where"), eager, strict=True):
                 assert torch.equal(getattr(logits, name), getattr(expected, name)), (position, name)
                 assert torch.equal(value, getattr(expected, name)), (position, name)
 
 
 def test_sampling_falls_back_to_the_plain_step_without_torchscript(monkeypatch):
+    import npdraw_core.sampling as sampling
     import npdraw_plugins.priors.transformer as transformer
 
     def unavailable(function):
         raise RuntimeError("no TorchScript here")
 
     monkeypatch.setattr(transformer, "_COMPILED", [])
+    monkeypatch.setattr(sampling, "_COMPILED", [])
     monkeypatch.setattr(torch.jit, "script", unavailable)
     assert transformer._compiled_step() is transformer._step
+    assert sampling._compiled_advance() is sampling._advance
     shape = SHAPES[3]
     prior, bank = varied_prior(shape, True), contract_bank(shape)
     latents = sample_latents(prior, bank, shape.grid, 2, generator=torch.Generator().manual_seed(3))

@@ -275,6 +275,7 @@ def _step(
     heads: list[Tensor],
     num_heads: int,
     head_dim: int,
+    query_scale: float,
     norm_eps: list[float],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The eval-mode cached step: `_embed`, `Block.step` and `_heads` op for op (so the same numbers),
@@ -291,7 +292,9 @@ def _step(
         past = cache[:, : position + 1]
         query = F.linear(normed, weights[2], weights[3]).view(-1, num_heads, head_dim)
         # the batched matmuls torch.einsum runs for "bhe,hed->bhd" and "bhd,hed->bhe" in CausalSelfAttention.step
-        query = torch.bmm(query.transpose(0, 1), weights[4]).transpose(0, 1) * head_dim**-0.5
+        query = torch.bmm(query.transpose(0, 1), weights[4]).transpose(0, 1)
+        if query_scale != 1.0:
+            query = query * query_scale
         attention = torch.bmm(query, past.transpose(1, 2)).softmax(dim=-1)
         mixed = torch.bmm(attention, past)
         values = torch.bmm(mixed.transpose(0, 1), weights[5]).transpose(0, 1).flatten(1) + weights[6]
@@ -576,9 +579,15 @@ class TransformerPrior(Prior):
         weights = state.weights
         whether, what, where = _compiled_step()(
             frame, position, state.inputs, weights.embedding, weights.layers, weights.heads,
-            self.config.num_heads, self.config.head_dim, weights.norm_eps,
+            self.config.num_heads, self.config.head_dim, self._query_scale(), weights.norm_eps,
         )  # fmt: skip
         return StepLogits(whether, what, where), following
+
+    def _query_scale(self) -> float:
+        """What the cached step multiplies W_kᵀq by: head_dim^-½, or 1 where that is a power of two (then
+        W_k carries it: scaling by 2^k is exact, so the products are the same bits)."""
+        scale = self.config.head_dim**-0.5
+        return 1.0 if math.frexp(scale)[0] == 0.5 else scale
 
     def _step_weights(self) -> _StepWeights:
         """The eval-mode step's weights as flat lists of parameter views, taken once per sampling run."""
@@ -589,6 +598,8 @@ class TransformerPrior(Prior):
             inner = attention.num_heads * attention.head_dim
             weight, bias = attention.qkv.weight, attention.qkv.bias
             key_weight, value_weight = weight[inner:].view(2, attention.num_heads, attention.head_dim, -1)
+            if self._query_scale() == 1:  # the scale is a power of two: applied to W_k, it changes no bit
+                key_weight = key_weight * attention.head_dim**-0.5
             mlp_in, mlp_out = block.mlp[0], block.mlp[3]
             layers.append([
                 block.attention_norm.weight, block.attention_norm.bias, weight[:inner], bias[:inner], key_weight,
