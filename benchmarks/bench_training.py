@@ -8,9 +8,12 @@ Demo sizes (configs/demo.yaml): K=5, M=50, T=36, prior d_model 64 / depth 4, con
 channels, batch 100 (prior pre-training: 64). The bank is FasterPAM on 10,000 patches of the MNIST training
 images and the parses are the heuristic parser's; the networks are freshly initialised (speed does not depend
 on what they learnt). "old" is the computation before issue 11, kept here verbatim: whole prior frames built
-from the latents (rendered a second time for the canvas) and embedded frame by frame, and the NLL bound one
-importance sample at a time. Old and new runs alternate, and each figure is the median of `--repeats` runs,
-so a neighbour's load hits both alike.
+from the latents (rendered a second time for the canvas) and embedded frame by frame, the transformer with
+nn.Dropout and SDPA's dropout, the NLL bound one importance sample at a time, and the sampler that rebuilt
+whole canvases and ran the prior's modules step by step. Old and new runs alternate, and each figure is the
+median of `--repeats` runs, so a neighbour's load hits both alike. Ratios are of CPU time (the process's own
+time, which a neighbour on a shared machine disturbs far less than wall time); `*_wall` keys give the wall
+time figures too.
 """
 
 from __future__ import annotations
@@ -31,10 +34,32 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # -- the computation before issue 11 ----------------------------------------------------------------------
+def old_transformer(prior, frames):
+    """TransformerPrior.forward before issue 11: F.dropout on the tokens, SDPA with its own dropout, the
+    MLP's nn.Dropout modules."""
+    import torch.nn.functional as F
+
+    from npdraw_core.interfaces import StepLogits
+
+    batch, length = frames.shape[:2]
+    p, training = prior.config.dropout, prior.training
+    tokens = prior.frame_embedding(frames.flatten(0, 1)).view(batch, length, -1)
+    hidden = F.dropout(tokens + prior.positions[:length], p, training)
+    for block in prior.blocks:
+        attention = block.attention
+        x = block.attention_norm(hidden)
+        q, k, v = attention.qkv(x).view(batch, length, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p if training else 0.0)
+        hidden = hidden + F.dropout(attention.out[0](attended.transpose(1, 2).reshape(batch, length, -1)), p, training)
+        hidden = hidden + block.mlp(block.mlp_norm(hidden))  # Linear, GELU, nn.Dropout, Linear, nn.Dropout
+    hidden = prior.final_norm(hidden)
+    return StepLogits(prior.whether_head(hidden).squeeze(-1), prior.what_head(hidden), prior.where_head(hidden))
+
+
 def old_prior_logits(model, latents):
     from npdraw_core.latents import prior_frames
 
-    return model.prior(prior_frames(latents, model.bank, model.grid, union_masks=model.prior.union_masks))
+    return old_transformer(model.prior, prior_frames(latents, model.bank, model.grid, union_masks=model.prior.union_masks))
 
 
 def old_loss(model, images, parse, *, reg_weight, temperature, generator):
@@ -62,24 +87,87 @@ def old_bound(model, images, *, num_samples, generator):
     return torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(num_samples)
 
 
+@torch.no_grad()
+def old_sample(model, num_samples, *, generator):
+    """NPDraw.sample (bulk generator) before issue 11: the prior's modules step by step (`_embed`,
+    `Block.step`, `_heads`), three uniform draws and the Gumbel noise per step, whole canvases and masks
+    rebuilt every step."""
+    import torch.nn.functional as F
+
+    from npdraw_core.distributions import scale_logits
+    from npdraw_core.latents import Latents
+
+    prior, bank, grid = model.prior, model.bank, model.grid
+    steps, side, channels = grid.num_cells, grid.canvas_size, bank.shape[1]
+    canvas = torch.zeros(num_samples, channels, side, side)
+    mask = torch.zeros(num_samples, 1, side, side)
+    frame = torch.cat([canvas, mask], dim=1)
+    inputs = [torch.empty(num_samples, steps, prior.config.d_model) for _ in prior.blocks]
+    chosen = {"whether": [], "what": [], "where": []}
+
+    def gumbel_argmax(logits, uniform):
+        uniform = uniform.clamp(min=torch.finfo(logits.dtype).tiny)
+        return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)
+
+    for step in range(steps):
+        hidden = prior._embed(frame[:, None], step)[:, 0]
+        for block, cache in zip(prior.blocks, inputs, strict=True):
+            hidden = block.step(hidden, cache, step)
+        logits = prior._heads(hidden)
+        u_whether, u_what, u_where = (torch.rand((num_samples, n), generator=generator) for n in (1, len(bank), steps))
+        draw = u_whether[:, 0] < torch.sigmoid(logits.whether / 1.0)
+        what = gumbel_argmax(scale_logits(logits.what), u_what)
+        where = gumbel_argmax(scale_logits(logits.where), u_where)
+        for name, value in (("whether", draw), ("what", what), ("where", where)):
+            chosen[name].append(value)
+        gate = draw.float()[:, None, None, None]
+        cell = F.one_hot(where, steps).float()[:, None]
+        canvas = torch.maximum(canvas, grid.draw(bank[what][:, None], cell)[:, 0] * gate)
+        mask = grid.location_masks(cell)[:, 0] * gate
+        frame = torch.cat([canvas, mask], dim=1)
+    stacked = {name: torch.stack(values, dim=1) for name, values in chosen.items()}
+    latents = Latents.from_indices(**stacked, bank_size=len(bank), num_cells=steps)
+    canvas = model.render(latents)
+    return model.output.mean(model.decode(canvas)), canvas, latents
+
+
 # -- helpers ----------------------------------------------------------------------------------------------
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def timed(fn) -> tuple[float, float]:
+    """(CPU seconds of this process, wall seconds) of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def side_by_side(old, new, repeats: int) -> tuple[float, float]:
-    """Median seconds of `old` and `new`, alternating (after one warm-up run of each)."""
+def median_seconds(fn, repeats: int) -> tuple[float, float]:
+    runs = [timed(fn) for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def side_by_side(old, new, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median (CPU, wall) seconds of `old` and `new`, alternating (after one warm-up run of each)."""
     old(), new()
-    old_times, new_times = [], []
+    runs = {"old": [], "new": []}
     for _ in range(repeats):
-        old_times.append(median_seconds(old, 1))
-        new_times.append(median_seconds(new, 1))
-    return statistics.median(old_times), statistics.median(new_times)
+        runs["old"].append(timed(old))
+        runs["new"].append(timed(new))
+    return {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in runs.items()}
+
+
+def figures(name: str, count: int, times: dict[str, tuple[float, float]]) -> dict:
+    """{name}_old/new_images_per_s (CPU time), the ratio, and the same from wall time."""
+    (old_cpu, old_wall), (new_cpu, new_wall) = times["old"], times["new"]
+    return {
+        f"{name}_old_images_per_s": round(count / old_cpu, 2),
+        f"{name}_new_images_per_s": round(count / new_cpu, 2),
+        f"{name}_ratio": round(old_cpu / new_cpu, 2),
+        f"{name}_ratio_wall": round(old_wall / new_wall, 2),
+    }
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def main() -> None:
@@ -172,17 +260,14 @@ def main() -> None:
         out = model.decode(model.render(parse))
         (q.what.sum() + q.where.sum() + q.whether.sum() + model.output.log_prob(out, binary).sum()).backward()
 
-    old_s, new_s = side_by_side(vae_old, vae_new, repeats)
-    bare_s = median_seconds(bare, repeats)
     n = args.batch_size
-    result.update(vae_step_old_images_per_s=round(n / old_s, 1), vae_step_new_images_per_s=round(n / new_s, 1),
-                  vae_step_ratio=round(old_s / new_s, 2), encoder_decoder_images_per_s=round(n / bare_s, 1))  # fmt: skip
+    result.update(figures("vae_step", n, side_by_side(vae_old, vae_new, repeats)))
+    result["encoder_decoder_images_per_s"] = round(n / median_seconds(bare, repeats)[0], 1)
 
     # prior pass alone (no gradients), batch 100
     with torch.no_grad():
-        old_s, new_s = side_by_side(lambda: old_prior_logits(model, parse), lambda: model.prior_logits(parse), repeats)
-    result.update(prior_pass_old_images_per_s=round(n / old_s, 1), prior_pass_new_images_per_s=round(n / new_s, 1),
-                  prior_pass_ratio=round(old_s / new_s, 2))  # fmt: skip
+        times = side_by_side(lambda: old_prior_logits(model, parse), lambda: model.prior_logits(parse), repeats)
+    result.update(figures("prior_pass", n, times))
 
     # prior pre-training step (forward + backward into the prior's weights, dropout on), batch 64
     trainable = prior_from_config(config, shape, registry).train()
@@ -194,14 +279,12 @@ def main() -> None:
 
     from npdraw_core.latents import prior_frames
 
-    old_s, new_s = side_by_side(
-        lambda: prior_step(lambda: trainable(prior_frames(small, bank, grid))),
+    times = side_by_side(
+        lambda: prior_step(lambda: old_transformer(trainable, prior_frames(small, bank, grid))),
         lambda: prior_step(lambda: trainable.logits_from_latents(small, bank, grid)),
         repeats,
     )
-    m = small.batch_size
-    result.update(prior_step_old_images_per_s=round(m / old_s, 1), prior_step_new_images_per_s=round(m / new_s, 1),
-                  prior_step_ratio=round(old_s / new_s, 2))  # fmt: skip
+    result.update(figures("prior_step", small.batch_size, times))
 
     # NLL bound, 50 importance samples
     model.eval()
@@ -209,7 +292,7 @@ def main() -> None:
     test = (test > torch.rand(test.shape, generator=torch.Generator().manual_seed(2))).float()
     samples = args.nll_samples
     with torch.no_grad():
-        old_s, new_s = side_by_side(
+        times = side_by_side(
             lambda: old_bound(model, test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
             lambda: model.log_likelihood_bound(test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
             max(1, repeats // 2),
@@ -220,20 +303,34 @@ def main() -> None:
             rtol=1e-5, atol=1e-3,
         )  # fmt: skip
     k = len(test)
-    result.update(nll_old_images_per_s=round(k / old_s, 2), nll_new_images_per_s=round(k / new_s, 2),
-                  nll_ratio=round(old_s / new_s, 2), nll_same_bound=bool(same), nll_samples=samples,
-                  nll_full_test_set_minutes_new=round(10000 / (k / new_s) / 60, 1))  # fmt: skip
+    result.update(figures("nll", k, times))
+    full_minutes = 10000 / (k / times["new"][0]) / 60
+    result.update(nll_same_bound=bool(same), nll_samples=samples, nll_full_test_set_cpu_minutes_new=round(full_minutes, 1),
+                  nll_full_test_set_minutes_two_cores=round(full_minutes / 2, 1))  # fmt: skip
 
-    # single-image latency (bulk generator, batch 1)
-    latencies = []
-    model.sample(1, generator=torch.Generator().manual_seed(0))
+    # single-image latency (bulk generator, batch 1): the sampler before issue 11 and now, same samples
+    latencies: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+    samplers = {"old": lambda g: old_sample(model, 1, generator=g), "new": lambda g: model.sample(1, generator=g)}
+    for sampler in samplers.values():
+        sampler(torch.Generator().manual_seed(0))
+    identical = True
     for seed in range(args.latency_runs):
-        started = time.perf_counter()
-        model.sample(1, generator=torch.Generator().manual_seed(seed))
-        latencies.append(time.perf_counter() - started)
-    latencies.sort()
-    result.update(latency_ms_p50=round(1000 * latencies[len(latencies) // 2], 2),
-                  latency_ms_p99=round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2))  # fmt: skip
+        outputs = {}
+        for name, sampler in samplers.items():
+            generator = torch.Generator().manual_seed(seed)
+            cpu, wall = time.process_time(), time.perf_counter()
+            outputs[name] = sampler(generator)
+            latencies[name].append((time.process_time() - cpu, time.perf_counter() - wall))
+        identical &= all(torch.equal(a, b) for a, b in zip(outputs["old"][:2], outputs["new"][:2], strict=True))
+    for name, runs in latencies.items():
+        cpu, wall = [r[0] for r in runs], [r[1] for r in runs]
+        result.update({
+            f"latency_{name}_ms_p50": round(1000 * percentile(wall, 0.5), 2),
+            f"latency_{name}_ms_p99": round(1000 * percentile(wall, 0.99), 2),
+            f"latency_{name}_cpu_ms_p50": round(1000 * percentile(cpu, 0.5), 2),
+            f"latency_{name}_cpu_ms_p99": round(1000 * percentile(cpu, 0.99), 2),
+        })  # fmt: skip
+    result["latency_same_images"] = bool(identical)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result), flush=True)
 
