@@ -88,21 +88,30 @@ def old_bound(model, images, *, num_samples, generator):
 
 
 @torch.no_grad()
-def old_sample(model, num_samples, *, generator):
-    """NPDraw.sample (bulk generator) before issue 11: the prior's modules step by step (`_embed`,
-    `Block.step`, `_heads`), three uniform draws and the Gumbel noise per step, whole canvases and masks
-    rebuilt every step."""
+def old_sample(model, seed: int, *, seeded: bool):
+    """NPDraw.sample of one image before issue 11: the prior's modules step by step (`_embed`,
+    `Block.step`, `_heads`), the uniforms and the Gumbel noise of every step drawn and computed per step,
+    whole canvases and masks rebuilt every step. `seeded`: the per-sample path (`generators_for([seed])`),
+    a 64-row block whose other rows are throwaway generators; else a bulk generator and one row."""
     import torch.nn.functional as F
 
     from npdraw_core.distributions import scale_logits
     from npdraw_core.latents import Latents
+    from npdraw_core.sampling import BLOCK_SIZE
 
     prior, bank, grid = model.prior, model.bank, model.grid
     steps, side, channels = grid.num_cells, grid.canvas_size, bank.shape[1]
-    canvas = torch.zeros(num_samples, channels, side, side)
-    mask = torch.zeros(num_samples, 1, side, side)
+    batch, sizes = (BLOCK_SIZE if seeded else 1), (1, len(bank), steps)
+    if seeded:  # each row's uniforms for all steps in one call, (whether, what, where) per step
+        generators = [torch.Generator().manual_seed(seed)] + [torch.Generator().manual_seed(0)] * (batch - 1)
+        rows = [torch.rand(steps * sum(sizes), generator=g) for g in generators]
+        table = torch.stack(rows).view(batch, steps, sum(sizes))
+    else:
+        generator = torch.Generator().manual_seed(seed)
+    canvas = torch.zeros(batch, channels, side, side)
+    mask = torch.zeros(batch, 1, side, side)
     frame = torch.cat([canvas, mask], dim=1)
-    inputs = [torch.empty(num_samples, steps, prior.config.d_model) for _ in prior.blocks]
+    inputs = [torch.empty(batch, steps, prior.config.d_model) for _ in prior.blocks]
     chosen = {"whether": [], "what": [], "where": []}
 
     def gumbel_argmax(logits, uniform):
@@ -114,7 +123,10 @@ def old_sample(model, num_samples, *, generator):
         for block, cache in zip(prior.blocks, inputs, strict=True):
             hidden = block.step(hidden, cache, step)
         logits = prior._heads(hidden)
-        u_whether, u_what, u_where = (torch.rand((num_samples, n), generator=generator) for n in (1, len(bank), steps))
+        if seeded:
+            u_whether, u_what, u_where = table[:, step].split(sizes, dim=-1)
+        else:
+            u_whether, u_what, u_where = (torch.rand((batch, n), generator=generator) for n in sizes)
         draw = u_whether[:, 0] < torch.sigmoid(logits.whether / 1.0)
         what = gumbel_argmax(scale_logits(logits.what), u_what)
         where = gumbel_argmax(scale_logits(logits.where), u_where)
@@ -128,7 +140,7 @@ def old_sample(model, num_samples, *, generator):
     stacked = {name: torch.stack(values, dim=1) for name, values in chosen.items()}
     latents = Latents.from_indices(**stacked, bank_size=len(bank), num_cells=steps)
     canvas = model.render(latents)
-    return model.output.mean(model.decode(canvas)), canvas, latents
+    return model.output.mean(model.decode(canvas))[:1], canvas[:1], latents[:1]
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -308,28 +320,39 @@ def main() -> None:
     result.update(nll_same_bound=bool(same), nll_samples=samples, nll_full_test_set_cpu_minutes_new=round(full_minutes, 1),
                   nll_full_test_set_minutes_two_cores=round(full_minutes / 2, 1))  # fmt: skip
 
-    # single-image latency (bulk generator, batch 1): the sampler before issue 11 and now, same samples
-    latencies: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
-    samplers = {"old": lambda g: old_sample(model, 1, generator=g), "new": lambda g: model.sample(1, generator=g)}
-    for sampler in samplers.values():
-        sampler(torch.Generator().manual_seed(0))
+    # single-image latency, old and new, same images: a bulk seed (one row), and a per-sample seed (the
+    # serving path: one 64-row block). Each sampler runs in its own block of runs after a warm-up
+    # (alternating them made the faster one pay the other's cache misses).
+    from npdraw_core.sampling import generators_for
+
     identical = True
-    for seed in range(args.latency_runs):
-        outputs = {}
+    for path, runs in (("", args.latency_runs), ("seeded_", max(3, args.latency_runs // 5))):
+        seeded = bool(path)
+        samplers = {
+            "old": lambda seed, seeded=seeded: old_sample(model, seed, seeded=seeded),
+            "new": lambda seed, seeded=seeded: model.sample(
+                1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed)
+            ),
+        }
+        outputs: dict[str, list] = {}
         for name, sampler in samplers.items():
-            generator = torch.Generator().manual_seed(seed)
-            cpu, wall = time.process_time(), time.perf_counter()
-            outputs[name] = sampler(generator)
-            latencies[name].append((time.process_time() - cpu, time.perf_counter() - wall))
-        identical &= all(torch.equal(a, b) for a, b in zip(outputs["old"][:2], outputs["new"][:2], strict=True))
-    for name, runs in latencies.items():
-        cpu, wall = [r[0] for r in runs], [r[1] for r in runs]
-        result.update({
-            f"latency_{name}_ms_p50": round(1000 * percentile(wall, 0.5), 2),
-            f"latency_{name}_ms_p99": round(1000 * percentile(wall, 0.99), 2),
-            f"latency_{name}_cpu_ms_p50": round(1000 * percentile(cpu, 0.5), 2),
-            f"latency_{name}_cpu_ms_p99": round(1000 * percentile(cpu, 0.99), 2),
-        })  # fmt: skip
+            sampler(10_000)
+            times, outputs[name] = [], []
+            for seed in range(runs):
+                cpu, wall = time.process_time(), time.perf_counter()
+                outputs[name].append(sampler(seed)[:2])
+                times.append((time.process_time() - cpu, time.perf_counter() - wall))
+            cpu, wall = [t[0] for t in times], [t[1] for t in times]
+            result.update({
+                f"latency_{path}{name}_ms_p50": round(1000 * percentile(wall, 0.5), 2),
+                f"latency_{path}{name}_ms_p99": round(1000 * percentile(wall, 0.99), 2),
+                f"latency_{path}{name}_cpu_ms_p50": round(1000 * percentile(cpu, 0.5), 2),
+                f"latency_{path}{name}_cpu_ms_p99": round(1000 * percentile(cpu, 0.99), 2),
+            })  # fmt: skip
+        identical &= all(
+            torch.equal(a, b) for old, new in zip(outputs["old"], outputs["new"], strict=True)
+            for a, b in zip(old, new, strict=True)
+        )  # fmt: skip
     result["latency_same_images"] = bool(identical)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result), flush=True)
