@@ -19,7 +19,14 @@ frame embedding is Linear ∘ ReLU ∘ Conv(3×3, stride 2), so the embedding of
 plus the Linear's columns of the few conv outputs that such a cell change reaches, times the change of
 their ReLU outputs. The embeddings are then a cumulative sum of these local deltas, computed from
 (2·w+1)² pixel windows instead of whole canvases; equal to `forward` on `prior_frames` within float
-tolerance, with the same gradients for the prior's weights (tests/test_speed_properties.py).
+tolerance, with the same gradients for the prior's weights (tests/test_speed_properties.py). In VAE
+training (prior frozen, gradients into relaxed latents) it also takes the frames and passes them the frame
+embedding's input gradient, convT(relu' ⊙ W_Lᵀ dE), with ReLU' of every frame tracked from the same
+local changes (`_frame_activity`, `_FramesEmbedding`).
+
+Sampling one image runs ~130 small ops per step, so the eval-mode cached step is one function over
+parameter views (`_step`: the modules' ops one for one, hence the same numbers), run under TorchScript
+where available.
 """
 
 from __future__ import annotations
