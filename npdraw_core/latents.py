@@ -182,7 +182,7 @@ class _LocatedFrames(torch.autograd.Function):
             padded[:, edge] = 0
             padded[:, :, edge] = 0
         canvas, history = grads[:channels], buffer[:channels]  # (C, n, K, n, K, T, B)
-        steps_index, samples = torch.arange(used, device=cells.device)[:, None], torch.arange(batch)[None, :]
+        steps_index, samples = torch.arange(used, device=cells.device)[:, None], torch.arange(batch, device=cells.device)[None, :]
         own_rows, own_cols = (cells[:, :used] // side).T, (cells[:, :used] % side).T  # (T-1, B)
         # The running max sends frame f's gradient at pixel p to the LAST step t < f with v_t(p) = c^f(p)
         # (torch.cummax's ties). Where nothing is drawn yet (c^f(p) = 0) that is step f-1, in every cell;
