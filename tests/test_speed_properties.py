@@ -66,7 +66,9 @@ def latents_from(shape: ModelShape, batch: int, seed: int, draw_rate: float, few
 
 
 def prior_for(shape: ModelShape, union_masks: bool) -> TransformerPrior:
-    prior = build_prior(TransformerPrior, TransformerPriorConfig(**SMALL, union_masks=union_masks), shape)
+    with torch.random.fork_rng():  # the same weights whatever ran before (the global generator initialises them)
+        torch.manual_seed(0)
+        prior = build_prior(TransformerPrior, TransformerPriorConfig(**SMALL, union_masks=union_masks), shape)
     with torch.no_grad():  # non-zero conv biases and larger weights: more ReLUs switch on and off
         prior.frame_embedding[0].bias.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
     return prior.eval()

@@ -8,6 +8,7 @@ message). A restarted trial continues from `tune.get_checkpoint()`.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -34,7 +35,8 @@ def run_trial(config: dict[str, Any], *, base: dict, spec: SearchSpec, cache_dir
     context = tune.get_context()
     node_id = ray.get_runtime_context().get_node_id()
     try:
-        run_config = load_config(base, [*spec.overrides(config), f"name={context.get_trial_id()}"])
+        # the name is set as a string, not parsed as an override value: YAML reads an id like 06222_00000 as a number
+        run_config = dataclasses.replace(load_config(base, spec.overrides(config)), name=context.get_trial_id())
     except ConfigError as error:
         raise RuntimeError(f"trial {context.get_trial_id()} on node {node_id}: {error} (a component's "
                            "plugin must be installed on every node of the cluster)") from None  # fmt: skip
