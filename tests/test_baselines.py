@@ -114,9 +114,11 @@ def test_cpu_budget_stops_training(tmp_path):
     assert info["epochs"] == 1 and 0 < info["images_seen"] < 5000
     assert 60 * budget_minutes <= info["cpu_seconds"] < 60 * budget_minutes + 15  # + one batch and validation
     # a larger budget continues from baseline_last.pt instead of starting over
-    train_baseline(config, tmp_path / "vae", cpu_minutes=2 * budget_minutes, latent_dim=8)
+    # (beyond what the first call spent: its set-up counts too and can exceed the first budget on a fresh clone)
+    larger = info["cpu_seconds"] / 60 + budget_minutes
+    train_baseline(config, tmp_path / "vae", cpu_minutes=larger, latent_dim=8)
     more = load_baseline(tmp_path / "vae").info
-    assert more["images_seen"] > info["images_seen"] and more["cpu_seconds"] >= 2 * 60 * budget_minutes
+    assert more["images_seen"] > info["images_seen"] and more["cpu_seconds"] >= 60 * larger
 
 
 def test_cli_trains_scores_and_samples(tmp_path, capsys):
