@@ -26,7 +26,6 @@ Two ways to seed a batch:
 from __future__ import annotations
 
 import numbers
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +38,7 @@ from npdraw_core.distributions import check_sampling_options, scale_logits
 from npdraw_core.geometry import Grid
 from npdraw_core.interfaces import Prior, StepLogits
 from npdraw_core.latents import Latents, located, located_prior_frames, prior_frames, render
+from npdraw_core.torchscript import scripted
 
 if TYPE_CHECKING:  # model.py imports this module
     from npdraw_core.model import NPDraw
@@ -225,7 +225,7 @@ def _sample_steps(
     first_cell = torch.arange(batch, device=device) * steps
     frame = layout.reshape(padded)[:, :, crop, crop]
     draws, parts, places = [], [], []
-    advance, sizes = _compiled_advance(), [*padded, grid.pad_before, grid.canvas_size]
+    advance, sizes = scripted(_advance), [*padded, grid.pad_before, grid.canvas_size]
     was_training = prior.training
     if any(module.training for module in prior.modules()):  # eval() walks and sets every module: ~1 ms
         prior.eval()
@@ -290,22 +290,6 @@ def _advance(
     start, size = sizes[4], sizes[5]
     frame = layout.reshape(sizes[:4])[:, :, start : start + size, start : start + size]
     return draw, what, where, frame
-
-
-_COMPILED: list = []
-
-
-def _compiled_advance():
-    """`_advance` under TorchScript (the same ops, so the same numbers, for less overhead per op),
-    compiled once per process; plain `_advance` where TorchScript is missing or fails."""
-    if not _COMPILED:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit.script is deprecated in favour of torch.compile
-                _COMPILED.append(torch.jit.script(_advance))
-        except Exception:  # noqa: BLE001 - any failure of an optional compiler falls back to eager
-            _COMPILED.append(_advance)
-    return _COMPILED[0]
 
 
 def _scaled(logits: Tensor, temperature: float) -> Tensor:

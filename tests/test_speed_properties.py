@@ -380,19 +380,22 @@ def test_the_compiled_step_computes_the_numbers_of_the_module_step(batch, head_d
 def test_sampling_falls_back_to_the_plain_step_without_torchscript(monkeypatch):
     import npdraw_core.sampling as sampling
     import npdraw_plugins.priors.transformer as transformer
+    from npdraw_core.torchscript import scripted
 
     def unavailable(function):
         raise RuntimeError("no TorchScript here")
 
-    monkeypatch.setattr(transformer, "_COMPILED", [])
-    monkeypatch.setattr(sampling, "_COMPILED", [])
+    scripted.cache_clear()
     monkeypatch.setattr(torch.jit, "script", unavailable)
-    assert transformer._compiled_step() is transformer._step
-    assert sampling._compiled_advance() is sampling._advance
-    shape = SHAPES[3]
-    prior, bank = varied_prior(shape, True), contract_bank(shape)
-    latents = sample_latents(prior, bank, shape.grid, 2, generator=torch.Generator().manual_seed(3))
-    assert_same_samples(latents, reference_sampler(prior, bank, shape.grid, torch.Generator().manual_seed(3), 2))
+    try:
+        assert scripted(transformer._step) is transformer._step
+        assert scripted(sampling._advance) is sampling._advance
+        shape = SHAPES[3]
+        prior, bank = varied_prior(shape, True), contract_bank(shape)
+        latents = sample_latents(prior, bank, shape.grid, 2, generator=torch.Generator().manual_seed(3))
+        assert_same_samples(latents, reference_sampler(prior, bank, shape.grid, torch.Generator().manual_seed(3), 2))
+    finally:
+        scripted.cache_clear()  # compiled again, for real, by the tests after this one
 
 
 # -- VAE training: gradients through relaxed latents, computed cell by cell ------------------------------

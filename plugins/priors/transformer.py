@@ -32,7 +32,6 @@ where available.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +43,7 @@ from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Prior, StepLogits
 from npdraw_core.latents import Latents
+from npdraw_core.torchscript import scripted
 
 
 @dataclass(kw_only=True)
@@ -287,7 +287,7 @@ def _step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The eval-mode cached step: `_embed`, `Block.step` and `_heads` op for op (so the same numbers),
     as one function over parameter views. Sampling one image is ~130 small ops per step, and module
-    dispatch cost more than the arithmetic; TorchScript (`_compiled_step`) runs the same ops for less."""
+    dispatch cost more than the arithmetic; TorchScript (`scripted(_step)`) runs the same ops for less."""
     hidden = F.linear(F.relu(F.conv2d(frame, embedding[0], embedding[1], [2, 2], [1, 1])).flatten(1),
                       embedding[2], embedding[3]) + embedding[4][position]  # fmt: skip
     shape = [hidden.shape[-1]]
@@ -313,22 +313,6 @@ def _step(
     what = F.linear(F.relu(F.linear(hidden, heads[6], heads[7])), heads[8], heads[9])
     where = F.linear(F.relu(F.linear(hidden, heads[10], heads[11])), heads[12], heads[13])
     return whether.squeeze(-1), what, where
-
-
-_COMPILED: list = []
-
-
-def _compiled_step():
-    """`_step` under TorchScript (about a third less overhead per op, the same kernels and so the same
-    numbers), compiled once per process; plain `_step` where TorchScript is missing or fails."""
-    if not _COMPILED:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit.script is deprecated in favour of torch.compile
-                _COMPILED.append(torch.jit.script(_step))
-        except Exception:  # noqa: BLE001 - any failure of an optional compiler falls back to eager
-            _COMPILED.append(_step)
-    return _COMPILED[0]
 
 
 def _per_cell_matmul(rows: Tensor, counts: list[int], weights: tuple[Tensor, ...]) -> Tensor:
@@ -584,7 +568,7 @@ class TransformerPrior(Prior):
                 "check that model.patch_size and model.canvas_size match the ones it was trained with"
             )
         weights = state.weights
-        whether, what, where = _compiled_step()(
+        whether, what, where = scripted(_step)(
             frame, position, state.inputs, weights.embedding, weights.layers, weights.heads,
             self.config.num_heads, self.config.head_dim, self._query_scale(), weights.norm_eps,
         )  # fmt: skip
