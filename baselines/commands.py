@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from npdraw_core.commands import (
-    device_name,
+    add_machine_arguments,
     finite_positive_float,
     non_negative_int,
     positive_int,
@@ -63,12 +63,6 @@ def npdraw_register_commands(subparsers):
                         help="scales the prior's standard deviation (default 1)")
     add_machine_arguments(sample)
     sample.set_defaults(handler=_sample)
-
-
-def add_machine_arguments(parser) -> None:
-    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda, cuda:1 or auto")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads for torch (default: $NPDRAW_THREADS, else a contention-safe default)")
 
 
 def _train(args) -> None:

@@ -68,6 +68,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, config_required: bool 
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set model.part_bank.bank_size=200 (repeatable)",
     )
+    add_machine_arguments(parser)
+
+
+def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --threads, for every command that runs a model."""
     parser.add_argument(
         "--device", type=device_name, default=None, help="cpu, cuda, cuda:1 or auto (default: the config's device)"
     )
