@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from npdraw_core.geometry import Grid
 from npdraw_core.latents import Latents
 
 SPLITS = ("train", "valid", "test")
@@ -92,10 +93,20 @@ class Prior(nn.Module):
 
     uses_frames: bool = True  # False for priors that ignore the canvas (the sampler then skips rendering)
     union_masks: bool = False  # location channel = union of all past masks (the authors' code) instead of step t's
+    # True when the prior implements `logits_from_latents` (optional: teacher forcing without whole frames)
+    embeds_latents: bool = False
 
     def forward(self, frames: Tensor) -> StepLogits:
         """frames (B, T, C+1, S, S) → StepLogits of z^1..z^T; position t may only see frames 0..t."""
         raise NotImplementedError
+
+    def logits_from_latents(
+        self, latents: Latents, bank: Tensor, grid: Grid, *, frames: Tensor | None = None
+    ) -> StepLogits:
+        """Optional (set `embeds_latents = True`): `forward(prior_frames(latents, bank, grid))` for latents
+        whose every step draws into one cell, computed from each frame's local change. `frames`: the same
+        latents' whole frames, given when gradients must reach them (relaxed latents, the prior frozen)."""
+        raise NotImplementedError(f"{type(self).__name__} has no logits_from_latents (embeds_latents is False)")
 
     def start(self, batch_size: int, *, use_cache: bool = True) -> Any:
         """Fresh sampling state for `batch_size` sequences."""

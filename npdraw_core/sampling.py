@@ -168,20 +168,19 @@ def prior_logits(
 ) -> StepLogits:
     """Teacher-forced logits of p(z^t | z^{<t}) for given latents, in one batched pass over all T frames.
 
-    A prior with `logits_from_latents` (the transformer) computes them from the local change of each frame
+    A prior that `embeds_latents` (the transformer) computes them from the local change of each frame
     when every step draws into one cell: equal within float tolerance, and far cheaper than whole frames.
     When gradients must reach the latents (relaxed latents in VAE training, the prior frozen), the frames
     are built by `located_prior_frames` (the gradients of `prior_frames`, cell by cell) and the prior
     passes its embedding's gradient to them. Otherwise (soft `where`, or a prior being trained through
     relaxed latents) the whole frames are built and embedded. `maps`: the latents' step maps, when the
     caller has rendered them already."""
-    from_latents = getattr(prior, "logits_from_latents", None)
-    if prior.uses_frames and from_latents is not None and located(latents):
+    if prior.uses_frames and prior.embeds_latents and located(latents):
         if not _needs_latent_gradients(latents):
-            return from_latents(latents, bank, grid)
+            return prior.logits_from_latents(latents, bank, grid)
         if not any(parameter.requires_grad for parameter in prior.parameters()):
             frames = located_prior_frames(latents, bank, grid, union_masks=prior.union_masks)
-            return from_latents(latents, bank, grid, frames=frames)
+            return prior.logits_from_latents(latents, bank, grid, frames=frames)
     if prior.uses_frames:
         frames = prior_frames(latents, bank, grid, union_masks=prior.union_masks, maps=maps)
     else:  # a context-free prior only reads the batch size and length: a stride-0 view costs nothing

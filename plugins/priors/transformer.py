@@ -389,6 +389,8 @@ def _head(d_model: int, hidden: int, outputs: int) -> nn.Module:
 
 
 class TransformerPrior(Prior):
+    embeds_latents = True
+
     def __init__(self, config: TransformerPriorConfig, *, shape: ModelShape):
         super().__init__()
         self.config, self.shape = config, shape
