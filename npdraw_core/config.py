@@ -214,10 +214,13 @@ class EvaluationConfig:
     feature_extractors: list[str] = field(default_factory=lambda: ["lenet"])
     fid_floor: bool = True  # also score a random half of the test set against the other half
     batch_size: int = 250
+    # of the FID samples: NP-DRAW divides its prior's logits by it, the VAE baseline scales its prior's std
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "nll_samples", "batch_size")
         check_at_least(self, 0, "nll_images")
+        check_positive(self, "temperature")
         if self.feature_extractors and self.fid_samples < 2:  # a covariance needs two samples
             raise ValueError(
                 f"fid_samples must be at least 2 to compute an FID, got {self.fid_samples}; "

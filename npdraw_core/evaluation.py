@@ -95,7 +95,8 @@ def evaluate(run: Run, model: ScoredModel) -> dict[str, float]:
         ))
     if settings.feature_extractors:
         extractors = [build_feature_extractor(run, name) for name in settings.feature_extractors]
-        generated = generate(model, settings.fid_samples, batch_size=settings.batch_size, seed=run.config.seed)
+        generated = generate(model, settings.fid_samples, batch_size=settings.batch_size, seed=run.config.seed,
+                             temperature=settings.temperature)  # fmt: skip
         reference = to_unit(test.images)
         results.update(fid_scores(
             extractors, generated, reference, binary=dataset.binary, batch_size=settings.batch_size,

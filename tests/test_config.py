@@ -196,6 +196,7 @@ def test_relative_paths_become_absolute_once_at_load_time(tmp_path, monkeypatch)
         ("evaluation.nll_samples=0", "evaluation.nll_samples must be at least 1, got 0"),
         ("evaluation.nll_images=-1", "evaluation.nll_images must be at least 0, got -1"),
         ("evaluation.fid_samples=1", "evaluation.fid_samples must be at least 2 to compute an FID, got 1"),
+        ("evaluation.temperature=0", "evaluation.temperature must be a number greater than 0, got 0"),
     ],
 )
 def test_a_bad_component_or_section_value_fails_at_load_time_naming_the_key(override, expected):

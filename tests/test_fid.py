@@ -5,6 +5,7 @@ checked against the TorchScript network they were converted from."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 from npdraw_core.checkpoint import load_checkpoint, read_metrics
-from npdraw_core.config import ConfigError, load_config
+from npdraw_core.config import ConfigError, EvaluationConfig, load_config
+from npdraw_core.evaluation import evaluate
 from npdraw_core.fid import (
     bernoulli_sample,
     build_feature_extractor,
@@ -310,3 +312,23 @@ def test_missing_inception_weights_say_how_to_get_them(tmp_path, monkeypatch):
         InceptionExtractor(InceptionConfig(device="cpu"))
     with pytest.raises(FileNotFoundError, match="weights_path"):
         resolve_inception_weights(tmp_path / "nowhere.pth")
+
+
+def test_evaluate_draws_the_fid_samples_at_the_configured_temperature(lenet, mnist_run, mnist_test):
+    class TestDigits(torch.nn.Module):
+        """Samples real test digits, recording the temperature each call asks for."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight, self.temperatures = torch.nn.Parameter(torch.zeros(1)), []
+
+        def sample(self, num_samples, *, generator, temperature=1.0):
+            self.temperatures.append(temperature)
+            images = mnist_test.images[:num_samples].float() / 255
+            return images, images, None
+
+    model = TestDigits()
+    evaluation = dict(temperature=0.8, nll_images=0, fid_samples=300, batch_size=100, fid_floor=False)
+    run = Run(dataclasses.replace(mnist_run.config, evaluation=EvaluationConfig(**evaluation)))
+    scores = evaluate(run, model)
+    assert model.temperatures == [0.8] * 3 and scores["fid_samples"] == 300 and scores["fid_lenet"] > 0
