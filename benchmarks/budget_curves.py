@@ -1,7 +1,8 @@
-"""Issue 13: NP-DRAW against the VAE baseline at the same CPU budgets on MNIST. Prints ONE JSON line and
-writes OUT/budget_mnist.csv and OUT/budget_mnist.png (copy them to docs/).
+"""Issue 13: NP-DRAW against the VAE baseline at the same CPU budgets (MNIST: 10, 20, 40 CPU-minutes; Omniglot:
+one point). Prints ONE JSON line and writes OUT/budget_DATASET.csv and .png (copy them to docs/).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_curves.py --out runs/budget
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_curves.py --dataset omniglot --out runs/budget_omniglot
 
 Each budget point is an NP-DRAW config (below); `npdraw run --stages train` trains it in OUT (bank and
 parses are shared by the points and computed once: their CPU time is counted in every point). A point's
@@ -27,12 +28,16 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# budget label (CPU-minutes aimed at) → run name, NP-DRAW config and overrides
+# dataset → budget label (CPU-minutes aimed at) → run name, NP-DRAW config and overrides. The baseline takes
+# the data, widths and optimiser settings of a dataset's largest point.
 POINTS = {
-    10: ("demo", "configs/demo.yaml", []),
-    20: ("mnist_cpu_20", "configs/mnist_cpu.yaml", ["prior_training.epochs=2", "training.epochs=2",
-                                                    "training.max_train_images=20000"]),
-    40: ("mnist_cpu", "configs/mnist_cpu.yaml", []),
+    "mnist": {
+        10: ("demo", "configs/demo.yaml", []),
+        20: ("mnist_cpu_20", "configs/mnist_cpu.yaml", ["prior_training.epochs=2", "training.epochs=3",
+                                                        "training.max_train_images=25000"]),
+        40: ("mnist_cpu", "configs/mnist_cpu.yaml", []),
+    },
+    "omniglot": {15: ("omniglot_cpu", "configs/omniglot_cpu.yaml", [])},
 }
 COMPUTED_ONCE = ("bank", "parse")
 
@@ -48,9 +53,9 @@ def cpu_seconds_by_stage(run_dir: Path) -> dict[str, float]:
     return spent
 
 
-def npdraw_run(out: Path, budget: int) -> tuple[Path, dict[str, float]]:
+def npdraw_run(out: Path, point: tuple[str, str, list[str]]) -> tuple[Path, dict[str, float]]:
     """Train the NP-DRAW point (skipped when done) and return its run dir and CPU seconds by stage."""
-    name, config, overrides = POINTS[budget]
+    name, config, overrides = point
     sets = [f"output_dir={out}", f"name={name}", *overrides]
     command = [sys.executable, "-m", "npdraw_core", "run", str(REPO / config), "--stages", "train", "--threads", "1"]
     subprocess.run([*command, *(arg for s in sets for arg in ("--set", s))], check=True, cwd=REPO)
@@ -58,9 +63,14 @@ def npdraw_run(out: Path, budget: int) -> tuple[Path, dict[str, float]]:
 
 
 def evaluate(model, config, run_dir: Path, *, seeds: list[int], nll_images: int, fid_samples: int) -> dict:
+    """Scores of `model` (kept in RUN_DIR/scores.json: a rerun with the same settings reuses them)."""
     from npdraw_baselines.training import baseline_run, with_evaluation
     from npdraw_core.evaluation import evaluate as score
 
+    settings = {"seeds": seeds, "nll_images": nll_images, "fid_samples": fid_samples}
+    saved = run_dir / "scores.json"
+    if saved.exists() and json.loads(saved.read_text())["settings"] == settings:
+        return json.loads(saved.read_text())["scores"]
     results: dict = {}
     for index, seed in enumerate(seeds):
         scored = with_evaluation(dataclasses.replace(config, seed=seed), fid_samples=fid_samples,
@@ -69,10 +79,11 @@ def evaluate(model, config, run_dir: Path, *, seeds: list[int], nll_images: int,
         results.setdefault("fid_lenet", []).append(round(metrics["fid_lenet"], 3))
         if index == 0:
             results["nll_nats"] = round(metrics["nll_nats"], 2)
+    saved.write_text(json.dumps({"settings": settings, "scores": results}))
     return results
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, dataset: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,15 +101,16 @@ def plot(rows: list[dict], path: Path) -> None:
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle("MNIST: NP-DRAW vs a plain VAE at the same CPU budget")
+    figure.suptitle(f"{dataset}: NP-DRAW vs a plain VAE at the same CPU budget")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def main() -> None:
     options = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    options.add_argument("--dataset", choices=sorted(POINTS), default="mnist")
     options.add_argument("--out", type=Path, default=REPO / "runs" / "budget")
-    options.add_argument("--budgets", type=int, nargs="+", default=sorted(POINTS), choices=sorted(POINTS))
+    options.add_argument("--budgets", type=int, nargs="+", help="labels of the points to run (default: all)")
     options.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     options.add_argument("--nll-images", type=int, default=1000)
     options.add_argument("--fid-samples", type=int, default=10000)
@@ -111,14 +123,21 @@ def main() -> None:
     from npdraw_core.config import load_config
     from npdraw_core.model_file import load_trained
 
+    known = POINTS[args.dataset]
+    budgets = args.budgets or sorted(known)
+    if unknown := sorted(set(budgets) - set(known)):
+        options.error(f"no {args.dataset} point labelled {unknown}; choose among {sorted(known)}")
     out = args.out.resolve()
-    points = {budget: npdraw_run(out, budget) for budget in sorted(args.budgets)}
-    # bank and parses: computed by whichever run came first in OUT (the same for every point)
-    every_run = [cpu_seconds_by_stage(path.parent) for path in out.glob("*/metrics.jsonl")]
+    # longest first: a shorter prior schedule of the same lineage would otherwise be continued by the longer
+    # one, whose run would then record only the extra epochs' CPU time
+    points = {budget: npdraw_run(out, known[budget]) for budget in sorted(budgets, reverse=True)}
+    # bank and parses: computed by whichever point ran first in OUT (the same for every point)
+    every_run = [cpu_seconds_by_stage(out / name) for name, _, _ in known.values() if (out / name).is_dir()]
     once = {stage: max(spent.get(stage, 0.0) for spent in every_run) for stage in COMPUTED_ONCE}
     rows = []
-    baseline_config = load_config(REPO / POINTS[max(POINTS)][1], [f"output_dir={out}", "training.max_train_images=null"])
-    for budget, (run_dir, spent) in points.items():
+    largest = known[max(known)][1]
+    baseline_config = load_config(REPO / largest, [f"output_dir={out}", "training.max_train_images=null"])
+    for budget, (run_dir, spent) in sorted(points.items()):
         cpu = sum(spent.get(stage, 0.0) for stage in ("prior", "train")) + sum(once.values())
         model = load_trained(run_dir)
         config = load_config(run_dir / "config.yaml")
@@ -140,11 +159,11 @@ def main() -> None:
         fids = row.pop("fid_lenet")
         row.update(fid_lenet_mean=round(sum(fids) / len(fids), 3), fid_lenet_spread=round((max(fids) - min(fids)) / 2, 3),
                    fid_lenet_sets=" ".join(map(str, fids)))  # fmt: skip
-    with open(out / "budget_mnist.csv", "w", newline="") as handle:
+    with open(out / f"budget_{args.dataset}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, out / "budget_mnist.png")
+    plot(rows, out / f"budget_{args.dataset}.png", "MNIST" if args.dataset == "mnist" else "Omniglot")
     print(json.dumps({"benchmark": "budget_curves", "out": str(out), "bank_parse_cpu_seconds": once, "rows": rows}), flush=True)
 
 
