@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -66,6 +67,10 @@ class ConvDecoder(Decoder):
         self.up = nn.ModuleList(nn.ConvTranspose2d(width, width, 4, 2, 1, bias=False) for _ in range(num_up))
         self.up_norms = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(num_up))
         self.output = nn.Conv2d(width, out_channels, 1)
+        # channels-last weights make every conv's output channels-last too: oneDNN's transposed convs then
+        # skip their layout reorders (measured on a CPU, 1 thread: the decoder 1.45x faster at batch 500,
+        # the same numbers up to the last bits)
+        self.to(memory_format=torch.channels_last)
 
     def upsampled_sizes(self) -> list[int]:
         """Target side after each transposed conv: the sizes the two downsampling convs saw, then doublings."""

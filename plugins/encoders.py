@@ -65,6 +65,7 @@ class ConvEncoder(Encoder):
         self.what_head = head(steps * bank_size)
         self.where_head = head(steps * steps)
         self.whether_head = head(steps)
+        self.to(memory_format=torch.channels_last)  # faster convs on a CPU, as in the conv decoder
 
     def forward(self, images: Tensor) -> StepLogits:
         check_images(images, self.shape)
