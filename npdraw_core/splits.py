@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from npdraw_core.config import ComponentConfig, SplitConfig
+from npdraw_core.config import DataConfig, SplitConfig
 from npdraw_core.interfaces import Dataset, ImageSet
 from npdraw_core.registry import Registry
 
@@ -127,12 +127,11 @@ class SplitDataset:
         return self.dataset.load(split)  # test, or the plugin's message for an unknown split
 
 
-def build_dataset(data: ComponentConfig, registry: Registry) -> Dataset:
+def build_dataset(data: DataConfig, registry: Registry) -> Dataset:
     """The dataset a `data:` section describes: the plugin's, wrapped in its split when one is set. The one
     place runs and commands build a run's dataset."""
     dataset = registry.get("dataset", data.type).build(data.config)
-    split = getattr(data, "split", None)
-    return dataset if split is None else SplitDataset(dataset, split)
+    return dataset if data.split is None else SplitDataset(dataset, data.split)
 
 
 def describe(dataset: Dataset) -> dict[str, Any] | None:
