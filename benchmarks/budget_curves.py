@@ -12,7 +12,8 @@ pipeline, every training image) then trains for the budget or that CPU time, whi
 continued from budget to budget (its schedule does not depend on the budget, so this equals separate runs
 up to the epoch cut).
 Both models are scored the same way: FID-LeNet of `--fid-samples` samples for each of `--seeds` (one set's
-FID moves by about 2) and the 50-sample NLL bound on the first `--nll-images` test images.
+FID moves by about 2) and the 50-sample NLL bound on the first `--nll-images` test images; `--temperatures`
+adds the first set's FID at other sampling temperatures (the VAE's samples gain from a temperature above 1).
 """
 
 from __future__ import annotations
@@ -83,6 +84,24 @@ def evaluate(model, config, run_dir: Path, *, seeds: list[int], nll_images: int,
     return results
 
 
+def fid_at_temperatures(model, config, run_dir: Path, *, seed: int, fid_samples: int, temperatures: list[float]) -> dict:
+    """FID-LeNet of one sample set (`seed`) at each sampling temperature (`evaluation.temperature`), kept in
+    RUN_DIR/temperatures.json and extended when more temperatures are asked for."""
+    from npdraw_baselines.training import baseline_run, with_evaluation
+    from npdraw_core.evaluation import evaluate as score
+
+    saved = run_dir / "temperatures.json"
+    known = json.loads(saved.read_text()) if saved.exists() else {}
+    for temperature in temperatures:
+        key = f"{temperature:g}@{fid_samples}@{seed}"
+        if key not in known:
+            scored = with_evaluation(dataclasses.replace(config, seed=seed), fid_samples=fid_samples, nll_images=0,
+                                     temperature=temperature, fid_floor=False)  # fmt: skip
+            known[key] = round(score(baseline_run(scored, run_dir), model)["fid_lenet"], 3)
+            saved.write_text(json.dumps(known))
+    return {temperature: known[f"{temperature:g}@{fid_samples}@{seed}"] for temperature in temperatures}
+
+
 def plot(rows: list[dict], path: Path, dataset: str) -> None:
     import matplotlib
 
@@ -95,6 +114,8 @@ def plot(rows: list[dict], path: Path, dataset: str) -> None:
         minutes = [r["cpu_minutes"] for r in mine]
         axes[0].errorbar(minutes, [r["fid_lenet_mean"] for r in mine], yerr=[r["fid_lenet_spread"] for r in mine],
                          marker=marker, label=model, capsize=3)  # fmt: skip
+        axes[0].plot(minutes, [r["fid_lenet_best_temperature"] for r in mine], marker=marker, linestyle="--",
+                     alpha=0.6, label=f"{model}, best temperature")  # fmt: skip
         axes[1].plot(minutes, [r["nll_nats"] for r in mine], marker=marker, label=model)
     axes[0].set(xlabel="CPU-minutes (1 thread)", ylabel="FID-LeNet (lower is better)", yscale="log")
     axes[1].set(xlabel="CPU-minutes (1 thread)", ylabel="test NLL, nats (lower is better)")
@@ -114,6 +135,8 @@ def main() -> None:
     options.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     options.add_argument("--nll-images", type=int, default=1000)
     options.add_argument("--fid-samples", type=int, default=10000)
+    options.add_argument("--temperatures", type=float, nargs="*", default=[],
+                         help="also score the first sample set at these sampling temperatures (both models)")  # fmt: skip
     args = options.parse_args()
     os.environ.setdefault("NPDRAW_THREADS", "1")
     import torch
@@ -143,6 +166,8 @@ def main() -> None:
         config = load_config(run_dir / "config.yaml")
         scores = evaluate(model, config, out / f"eval_npdraw_{budget}", seeds=args.seeds,
                           nll_images=args.nll_images, fid_samples=args.fid_samples)  # fmt: skip
+        scores["by_temperature"] = fid_at_temperatures(model, config, out / f"eval_npdraw_{budget}", seed=args.seeds[0],
+                                                       fid_samples=args.fid_samples, temperatures=args.temperatures)  # fmt: skip
         rows.append({"model": "NP-DRAW", "budget": budget, "cpu_minutes": round(cpu / 60, 2), **scores})
         # the baseline gets the budget or NP-DRAW's CPU time, whichever is more: it continues to there and
         # a copy of it is scored (a copy made earlier, e.g. by a run in the background, is used as it is)
@@ -154,11 +179,18 @@ def main() -> None:
         loaded = load_baseline(scored_dir)
         scores = evaluate(loaded.model, baseline_config, scored_dir, seeds=args.seeds, nll_images=args.nll_images,
                           fid_samples=args.fid_samples)  # fmt: skip
+        scores["by_temperature"] = fid_at_temperatures(loaded.model, baseline_config, scored_dir, seed=args.seeds[0],
+                                                       fid_samples=args.fid_samples, temperatures=args.temperatures)  # fmt: skip
         rows.append({"model": "VAE", "budget": budget, "cpu_minutes": round(loaded.info["cpu_seconds"] / 60, 2), **scores})
     for row in rows:
         fids = row.pop("fid_lenet")
         row.update(fid_lenet_mean=round(sum(fids) / len(fids), 3), fid_lenet_spread=round((max(fids) - min(fids)) / 2, 3),
                    fid_lenet_sets=" ".join(map(str, fids)))  # fmt: skip
+        # the best sampling temperature, on the first sample set (temperature 1 included)
+        by_temperature = {1.0: fids[0], **row.pop("by_temperature")}
+        best = min(by_temperature, key=by_temperature.get)
+        row.update(best_temperature=best, fid_lenet_best_temperature=by_temperature[best],
+                   fid_lenet_by_temperature=" ".join(f"{t:g}:{fid}" for t, fid in sorted(by_temperature.items())))  # fmt: skip
     with open(out / f"budget_{args.dataset}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
