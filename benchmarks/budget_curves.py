@@ -109,19 +109,19 @@ def plot(rows: list[dict], path: Path, dataset: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for model, marker in (("NP-DRAW", "o"), ("VAE", "s")):
+    for model, marker, colour in (("NP-DRAW", "o", "C0"), ("VAE", "s", "C1")):
         mine = [r for r in rows if r["model"] == model]
         minutes = [r["cpu_minutes"] for r in mine]
         axes[0].errorbar(minutes, [r["fid_lenet_mean"] for r in mine], yerr=[r["fid_lenet_spread"] for r in mine],
-                         marker=marker, label=model, capsize=3)  # fmt: skip
-        axes[0].plot(minutes, [r["fid_lenet_best_temperature"] for r in mine], marker=marker, linestyle="--",
-                     alpha=0.6, label=f"{model}, best temperature")  # fmt: skip
-        axes[1].plot(minutes, [r["nll_nats"] for r in mine], marker=marker, label=model)
+                         marker=marker, color=colour, label=f"{model}, temperature 1", capsize=3)  # fmt: skip
+        axes[0].plot(minutes, [r["fid_lenet_best_temperature"] for r in mine], marker=marker, color=colour,
+                     linestyle="--", alpha=0.6, label=f"{model}, best temperature")  # fmt: skip
+        axes[1].plot(minutes, [r["nll_nats"] for r in mine], marker=marker, color=colour, label=model)
     axes[0].set(xlabel="CPU-minutes (1 thread)", ylabel="FID-LeNet (lower is better)", yscale="log")
     axes[1].set(xlabel="CPU-minutes (1 thread)", ylabel="test NLL, nats (lower is better)")
     for axis in axes:
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=8)
     figure.suptitle(f"{dataset}: NP-DRAW vs a plain VAE at the same CPU budget")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
