@@ -201,9 +201,28 @@ def check_state_dict_round_trip(factory, config, shape: ModelShape, device="cpu"
             raise AssertionError(f"a prior restored from its state_dict gives other {name} logits")
 
 
+@torch.no_grad()
+def check_latents_embedding(factory, config, shape: ModelShape, device="cpu") -> None:
+    """A prior that `embeds_latents` gives `forward`'s logits from `logits_from_latents` (for hard latents,
+    whatever their whether); a prior without the shortcut has nothing to check."""
+    prior, bank = build_prior(factory, config, shape, device), contract_bank(shape, device)
+    if not prior.embeds_latents:
+        return
+    latents = random_latents(shape, 3, seed=2, device=device)
+    expected = prior(prior_frames(latents, bank, shape.grid, union_masks=prior.union_masks))
+    actual = prior.logits_from_latents(latents, bank, shape.grid)
+    for name in ("whether", "what", "where"):
+        if not _close(getattr(actual, name), getattr(expected, name)):
+            raise AssertionError(
+                f"logits_from_latents gives other {name} logits than forward(prior_frames(latents)); it must be "
+                "the same computation (or set embeds_latents = False)"
+            )
+
+
 PRIOR_CHECKS = {
     "shapes": check_shapes,
     "step_matches_forward": check_step_matches_forward,
+    "latents_embedding": check_latents_embedding,
     "causality": check_causality,
     "samples": check_samples,
     "seeded_determinism": check_seeded_determinism,

@@ -8,6 +8,7 @@ import torch
 from npdraw_core.contracts import PRIOR_CHECKS, build_prior, check_prior, contract_bank, random_latents
 from npdraw_core.distributions import log_prob
 from npdraw_core.geometry import ModelShape
+from npdraw_core.interfaces import StepLogits
 from npdraw_core.latents import prior_frames
 from npdraw_core.registry import default_registry
 from npdraw_plugins.priors.independent import IndependentPrior, IndependentPriorConfig
@@ -50,6 +51,17 @@ def test_a_broken_prior_fails_the_causality_check():
 
     with pytest.raises(AssertionError, match="not causal"):
         PRIOR_CHECKS["causality"](Leaky, SMALL, SHAPE)
+
+
+def test_a_prior_whose_latents_shortcut_differs_from_forward_fails_the_contract():
+    class Shifted(TransformerPrior):  # the shortcut computes something else than teacher forcing
+        def logits_from_latents(self, latents, bank, grid, *, frames=None):
+            logits = super().logits_from_latents(latents, bank, grid, frames=frames)
+            return StepLogits(logits.whether + 0.1, logits.what, logits.where)
+
+    PRIOR_CHECKS["latents_embedding"](TransformerPrior, SMALL, SHAPE)
+    with pytest.raises(AssertionError, match="logits_from_latents gives other whether logits"):
+        PRIOR_CHECKS["latents_embedding"](Shifted, SMALL, SHAPE)
 
 
 def test_transformer_uses_the_frame_at_its_own_position():
