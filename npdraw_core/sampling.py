@@ -220,11 +220,11 @@ def _sample_steps(
     # each step, laid out from a fixed view of the cells (what `grid.assemble` does) and cropped.
     cells = torch.zeros(batch * steps, channels + 1, size, size, device=device, dtype=bank.dtype)
     layout = cells.view(batch, side, side, channels + 1, size, size).permute(0, 3, 1, 4, 2, 5)
-    padded, crop = (batch, channels + 1, side * size, side * size), slice(grid.pad_before, grid.pad_before + grid.canvas_size)
+    sizes = [batch, channels + 1, side * size, side * size, grid.pad_before, grid.canvas_size]
     first_cell = torch.arange(batch, device=device) * steps
-    frame = layout.reshape(padded)[:, :, crop, crop]
+    frame = _frame(layout, sizes)
     draws, parts, places = [], [], []
-    advance, sizes = scripted(_advance), [*padded, grid.pad_before, grid.canvas_size]
+    advance = scripted(_advance)
     was_training = prior.training
     if any(module.training for module in prior.modules()):  # eval() walks and sets every module: ~1 ms
         prior.eval()
@@ -286,9 +286,14 @@ def _advance(
         cells[:, channels:] = 0
         cell[:, channels:] = gate
     cells.index_copy_(0, rows, cell)
+    return draw, what, where, _frame(layout, sizes)
+
+
+def _frame(layout: Tensor, sizes: list[int]) -> Tensor:
+    """The frame (B, C+1, S, S) from the cells' fixed layout view: the padded canvas (sizes[:4]), cropped
+    from offset sizes[4] to the canvas size sizes[5] (what `grid.assemble` does)."""
     start, size = sizes[4], sizes[5]
-    frame = layout.reshape(sizes[:4])[:, :, start : start + size, start : start + size]
-    return draw, what, where, frame
+    return layout.reshape(sizes[:4])[:, :, start : start + size, start : start + size]
 
 
 def _scaled(logits: Tensor, temperature: float) -> Tensor:
