@@ -92,16 +92,16 @@ def old_sample(model, seed: int, *, seeded: bool):
     """NPDraw.sample of one image before issue 11: the prior's modules step by step (`_embed`,
     `Block.step`, `_heads`), the uniforms and the Gumbel noise of every step drawn and computed per step,
     whole canvases and masks rebuilt every step. `seeded`: the per-sample path (`generators_for([seed])`),
-    a 64-row block whose other rows are throwaway generators; else a bulk generator and one row."""
+    a block (`default_block_size`) whose other rows are throwaway generators; else a bulk generator and one row."""
     import torch.nn.functional as F
 
     from npdraw_core.distributions import scale_logits
     from npdraw_core.latents import Latents
-    from npdraw_core.sampling import BLOCK_SIZE
+    from npdraw_core.sampling import default_block_size
 
     prior, bank, grid = model.prior, model.bank, model.grid
     steps, side, channels = grid.num_cells, grid.canvas_size, bank.shape[1]
-    batch, sizes = (BLOCK_SIZE if seeded else 1), (1, len(bank), steps)
+    batch, sizes = (default_block_size(bank.device) if seeded else 1), (1, len(bank), steps)
     if seeded:  # each row's uniforms for all steps in one call, (whether, what, where) per step
         generators = [torch.Generator().manual_seed(seed)] + [torch.Generator().manual_seed(0)] * (batch - 1)
         rows = [torch.rand(steps * sum(sizes), generator=g) for g in generators]
@@ -329,7 +329,7 @@ def main() -> None:
                   nll_full_test_set_minutes_two_cores=round(full_minutes / 2, 1))  # fmt: skip
 
     # single-image latency, old and new, same images: a bulk seed (one row), and a per-sample seed (the
-    # serving path: one 64-row block). Each sampler runs in its own block of runs after a warm-up
+    # serving path: one block of `default_block_size` rows). Each sampler runs in its own block of runs after a warm-up
     # (alternating them made the faster one pay the other's cache misses).
     from npdraw_core.sampling import generators_for
 

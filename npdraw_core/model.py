@@ -18,10 +18,10 @@ from npdraw_core.geometry import Grid, final_canvas
 from npdraw_core.interfaces import Decoder, Encoder, OutputDistribution, Prior, StepLogits
 from npdraw_core.latents import Latents, located, located_final_canvas, render, render_located, step_maps
 from npdraw_core.sampling import (
-    BLOCK_SIZE,
     blocks,
     cat_latents,
     check_generators,
+    default_block_size,
     prior_logits,
     sample_latents,
 )
@@ -158,18 +158,21 @@ class NPDraw(nn.Module):
         generator: torch.Generator | Sequence[torch.Generator],
         temperature: float = 1.0,
         top_k: int | None = None,
-        block_size: int = BLOCK_SIZE,
+        block_size: int | None = None,
     ) -> tuple[Tensor, Tensor, Latents]:
         """Ancestral samples: (images shown to users (B, C, H, W), canvases (B, C, S, S), latents).
 
         `generator`: one torch.Generator for the batch, or one per sample (`generators_for(seeds)`), which
         makes sample i bit-identical alone or in any batch: the prior, rendering and decoder then run on
-        fixed-shape blocks of `block_size` rows (see `npdraw_core.sampling`).
+        fixed-shape blocks of `block_size` rows (default: `default_block_size` of the model's device; see
+        `npdraw_core.sampling`).
         """
         check_generators(generator, num_samples)
         options = dict(temperature=temperature, top_k=top_k)
         if isinstance(generator, torch.Generator):
             return self._sample_batch(num_samples, generator, **options)
+        if block_size is None:
+            block_size = default_block_size(self.bank.device)
         parts = [
             [part[:real] for part in self._sample_batch(block_size, block, **options)]
             for block, real in blocks(generator, block_size)

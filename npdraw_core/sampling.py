@@ -14,13 +14,14 @@ Two ways to seed a batch:
   any batch, e.g. requests merged by a server. Generators alone are not enough for that: CPU BLAS and
   oneDNN pick kernels by batch size, and a row of a small-batch matmul or conv differs from the same row
   in a batch of 64 in the last bits (measured: every row of the prior's logits in batches of 1 or 2, of
-  the conv decoder's output in batches up to 7), which can flip a Gumbel argmax. So the per-sample path runs the networks on fixed-shape blocks of
-  `block_size` rows (the last padded with throwaway rows): every call has the same shape, and a row's
-  result does not depend on its neighbours. Exactness needs the same block size, device, dtype and torch
-  build on both sides (CPU results were the same with 1 and 2 threads). Cost, measured on a CPU: a lone
-  sample costs a whole block (2-4x a bulk batch of one); batches of 64 / 500 cost about 1.2x / 1.7x the
-  bulk path (one small uniform draw per sample and step, and 64-row blocks). Looping over the samples one
-  at a time instead would cost about 35x for 64 samples.
+  the conv decoder's output in batches up to 7), which can flip a Gumbel argmax. So the per-sample path
+  runs the networks on fixed-shape blocks of `block_size` rows (the last padded with throwaway rows):
+  every call has the same shape, and a row's result does not depend on its neighbours. Exactness needs
+  the same block size, device, dtype and torch build on both sides (CPU results were the same with 1 and
+  2 threads); the default block size depends on the device only (`default_block_size`). Cost, measured on
+  a CPU (demo model, 1 thread): a lone sample costs a whole block (~100 ms, 2.5x a bulk batch of one),
+  as do 32 samples; 64 cost 2.4x that. Looping over the samples one at a time instead would cost about
+  35x for 64 samples.
 """
 
 from __future__ import annotations
@@ -43,9 +44,15 @@ from npdraw_core.torchscript import scripted
 if TYPE_CHECKING:  # model.py imports this module
     from npdraw_core.model import NPDraw
 
-BLOCK_SIZE = 64  # rows per network call on the per-sample path; exactness needs the same value on both sides
 
 Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def default_block_size(device: torch.device | str) -> int:
+    """Rows per network call on the per-sample path. 32 on a CPU, where a 64-row block costs twice a 32-row
+    one (the prior's cached keys and values outgrow the cache; measured on the demo model), so requests of
+    up to 32 images, the common case of a server, cost half; 64 on a GPU, where rows are almost free."""
+    return 64 if torch.device(device).type == "cuda" else 32
 
 
 def generators_for(seeds: Iterable[int]) -> list[torch.Generator]:
@@ -101,12 +108,12 @@ def sample_latents(
     temperature: float = 1.0,
     top_k: int | None = None,
     use_cache: bool = True,
-    block_size: int = BLOCK_SIZE,
+    block_size: int | None = None,
 ) -> Latents:
     """Draw `num_samples` hard latent sequences z ~ p(z) step by step, feeding each new frame back.
 
     `generator`: one torch.Generator for the whole batch, or one per sample (see the module docstring;
-    `block_size` only applies then). `temperature` divides all logits (whether too); `top_k` keeps the k
+    `block_size` only applies then; default: `default_block_size` of the prior's device). `temperature` divides all logits (whether too); `top_k` keeps the k
     most likely parts / cells. `use_cache=False` recomputes the prior's whole prefix each step (the
     authors' sampler; for tests).
     """
@@ -114,6 +121,8 @@ def sample_latents(
     options = dict(temperature=temperature, top_k=top_k, use_cache=use_cache)
     if isinstance(generator, torch.Generator):
         return _sample_steps(prior, bank, grid, num_samples, generator, **options)
+    if block_size is None:
+        block_size = default_block_size(prior_device(prior, bank))
     return cat_latents(
         [_sample_steps(prior, bank, grid, block_size, block, **options)[:real] for block, real in blocks(generator, block_size)]
     )

@@ -36,7 +36,7 @@ from npdraw_core.latents import (
     render_located,
     step_maps,
 )
-from npdraw_core.sampling import generators_for, prior_logits, sample_latents
+from npdraw_core.sampling import default_block_size, generators_for, prior_logits, sample_latents
 from npdraw_core.threads import chosen_threads, default_threads
 from npdraw_plugins.priors.transformer import TransformerPrior, TransformerPriorConfig
 
@@ -340,8 +340,8 @@ DEMO_PRIOR = dict(d_model=64, depth=4, num_heads=4, head_dim=16, mlp_dim=256, he
 
 @pytest.mark.parametrize("union_masks", [False, True])
 def test_one_image_at_demo_sizes_is_the_sample_of_the_sampler_before_issue_11(union_masks):
-    """The single-image path the latency target is about: batch 1, a bulk seed, demo sizes (and 64-row
-    per-sample blocks, the path that serves seeds)."""
+    """The single-image path the latency target is about: batch 1, a bulk seed, demo sizes (and per-sample
+    blocks of `default_block_size` rows, the path that serves seeds)."""
     shape = ModelShape(1, 28, 28, 5, 50)
     prior, bank = varied_prior(shape, union_masks, DEMO_PRIOR), contract_bank(shape)
     for seed in range(12):
@@ -349,7 +349,8 @@ def test_one_image_at_demo_sizes_is_the_sample_of_the_sampler_before_issue_11(un
         assert_same_samples(latents, reference_sampler(prior, bank, shape.grid, torch.Generator().manual_seed(seed), 1))
     seeds = list(range(100, 103))
     latents = sample_latents(prior, bank, shape.grid, 3, generator=generators_for(seeds))
-    reference = reference_sampler(prior, bank, shape.grid, generators_for(seeds + [0] * 61), 64)
+    block = default_block_size(bank.device)
+    reference = reference_sampler(prior, bank, shape.grid, generators_for(seeds + [0] * (block - 3)), block)
     assert_same_samples(latents, {name: values[:3] for name, values in reference.items()})
 
 

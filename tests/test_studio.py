@@ -144,7 +144,7 @@ def test_decoding_a_samples_latents_gives_its_canvas_and_image_back(client, mode
     shown = pixels(drawn["canvas_png"])
     step = shown.shape[0] // size
     np.testing.assert_array_equal(shown[::step, ::step], canvas)  # bit-exact: rendering is exact
-    # The decoder ran on a batch of one here and on a block of 64 rows there: equal up to the last float bit.
+    # The decoder ran on a batch of one here and on a fixed-size block there: equal up to the last float bit.
     image, sampled = pixels(decoded["image_png"]).astype(int), pixels(drawn["image_png"]).astype(int)
     assert image.shape == sampled.shape and np.abs(image - sampled).max() <= 1
 
