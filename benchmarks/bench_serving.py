@@ -89,7 +89,7 @@ def deploy(model: str, port: int, *, batching: bool, sampler: dict, batch_wait_s
         models={"m": model},
         max_samples=64,
         batching={"enabled": batching, "max_batch_images": 64, "batch_wait_timeout_s": batch_wait_s},
-        sampler={"num_cpus": 0.5, "max_ongoing_requests": 64, "max_queued_requests": -1, **sampler},
+        sampler={"num_cpus": 0.5, "max_ongoing_requests": 128, "max_queued_requests": -1, **sampler},
         ingress={"num_cpus": 0},
     )
     serve.run(build(options), name=APP, route_prefix="/")
@@ -128,7 +128,7 @@ def autoscaling(
 ) -> dict:
     scaling = {
         "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8,
-        "upscale_delay_s": 2, "downscale_delay_s": 8, "look_back_period_s": 3,
+        "upscale_delay_s": 2, "downscale_delay_s": 8, "look_back_period_s": 11,  # > Serve's 10 s metrics interval
     }
     url = deploy(model, port, batching=True, sampler={"autoscaling_config": scaling}, batch_wait_s=batch_wait_s)
     timeline: list[dict] = []

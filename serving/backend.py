@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from npdraw_serving.batching import Batcher, QueueFull
+
 if TYPE_CHECKING:
     from npdraw_core.model import NPDraw
     from npdraw_serving.catalog import ModelCatalog
     from npdraw_serving.metrics import Metrics
-    from npdraw_serving.options import ServeOptions
+    from npdraw_serving.options import BatchingOptions, ServeOptions
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,18 @@ class SamplerBackend(Protocol):
         ...
 
 
-def images_in(jobs: list[SampleJob]) -> int:
-    """A batch's size for `@serve.batch`: images, not requests."""
-    return sum(job.num_samples for job in jobs)
+def sample_batcher(
+    run: Callable[[list[SampleJob]], Awaitable[list[SampleResult]]], batching: BatchingOptions, *, max_waiting: int = -1
+) -> Batcher[SampleJob, SampleResult]:
+    """The batcher of sample jobs, sized by images (not requests); batching off: one request per call."""
+    return Batcher(
+        run,
+        size=lambda job: job.num_samples,
+        max_images=batching.max_batch_images,
+        wait_timeout_s=batching.batch_wait_timeout_s if batching.enabled else 0.0,
+        max_jobs=None if batching.enabled else 1,
+        max_waiting=max_waiting,
+    )
 
 
 def run_jobs(model: NPDraw, jobs: list[SampleJob]) -> list[SampleResult]:
@@ -124,6 +136,25 @@ def run_jobs(model: NPDraw, jobs: list[SampleJob]) -> list[SampleResult]:
             stop = start + jobs[i].num_samples
             results[i] = SampleResult(**{k: v[start:stop] for k, v in arrays.items()}, batch_images=len(seeds))
             start = stop
+    return results  # type: ignore[return-value]
+
+
+async def run_batch(
+    jobs: list[SampleJob], get_model: Callable[[str], Awaitable[NPDraw]], metrics: Metrics | None
+) -> list[SampleResult]:
+    """A batch of jobs, possibly for several models: one `run_jobs` per model, in a worker thread so that
+    the event loop keeps accepting requests for the next batch meanwhile."""
+    by_model: dict[str, list[int]] = {}
+    for index, job in enumerate(jobs):
+        by_model.setdefault(job.model, []).append(index)
+    results: list[SampleResult | None] = [None] * len(jobs)
+    for name, members in by_model.items():
+        model = await get_model(name)
+        outputs = await asyncio.to_thread(run_jobs, model, [jobs[i] for i in members])
+        for i, output in zip(members, outputs, strict=True):
+            results[i] = output
+        if metrics is not None:
+            metrics.observe_batch(outputs[0].batch_images)
     return results  # type: ignore[return-value]
 
 
@@ -207,20 +238,24 @@ class ModelPool:
 
 
 class LocalSampler:
-    """Runs jobs one at a time in a worker thread of this process (the event loop keeps serving other
-    requests meanwhile); beyond `max_queued` waiting jobs, new ones are refused with `Overloaded`, like
-    Serve's `max_queued_requests`. No batching: that is what the Ray deployment adds."""
+    """Runs model calls one at a time in a worker thread of this process (the event loop keeps serving
+    other requests meanwhile). Sample jobs go through the same continuous batcher as a Ray replica; beyond
+    `max_queued` waiting jobs, new ones are refused with `Overloaded`, like Serve's `max_queued_requests`."""
 
     def __init__(self, catalog: ModelCatalog, options: ServeOptions, metrics: Metrics | None = None):
         sampler = options.sampler
         self.pool = ModelPool(catalog, capacity=sampler.max_models_per_replica, device=options.device, metrics=metrics)
         self.catalog, self.metrics = catalog, metrics
         self.max_queued, self.retry_after_s = sampler.max_queued_requests, sampler.retry_after_s
+        self.batcher = sample_batcher(self._run, options.batching, max_waiting=self.max_queued)
         self.waiting = 0
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # one model call at a time: samples, edits and health checks
 
     async def sample(self, job: SampleJob) -> SampleResult:
-        return await self._queued(self._run, job)
+        try:
+            return await self.batcher.submit(job)
+        except QueueFull as error:
+            raise Overloaded(str(error), self.retry_after_s) from error
 
     async def decode(self, job: DecodeJob) -> SampleResult:
         return await self._queued(lambda j: run_decode(self.pool.get(j.model), j), job)
@@ -241,11 +276,9 @@ class LocalSampler:
         finally:
             self.lock.release()
 
-    def _run(self, job: SampleJob) -> SampleResult:
-        [result] = run_jobs(self.pool.get(job.model), [job])
-        if self.metrics is not None:
-            self.metrics.observe_batch(result.batch_images)
-        return result
+    async def _run(self, jobs: list[SampleJob]) -> list[SampleResult]:
+        async with self.lock:
+            return await run_batch(jobs, lambda name: asyncio.to_thread(self.pool.get, name), self.metrics)
 
     async def health(self) -> dict[str, Any]:
         async with self.lock:

@@ -6,13 +6,14 @@
                    Sampler × autoscaled replicas
                      @serve.multiplexed: loads models lazily, keeps `max_models_per_replica`, LRU;
                                          the router sends a model's requests to replicas holding it
-                     @serve.batch:       merges waiting jobs until `max_batch_images` images (not requests)
-                                         or `batch_wait_timeout_s`, then one model call per batch
+                     Batcher:            whenever the model is free, one call for the waiting jobs, up to
+                                         `max_batch_images` images (not requests); see npdraw_serving.batching
+                                         for why not `@serve.batch`
 
 Several models share one sampler deployment through multiplexing rather than one deployment per model:
 replicas and autoscaling are shared, a rarely used model costs memory only while it is in use, and adding
-a model is a config change. Serve splits a batch by multiplexed model id; `run_jobs` groups jobs by model
-and sampling options anyway, and per-sample seeds make every image independent of its batch.
+a model is a config change. `run_batch` groups a batch's jobs by model and sampling options, and per-sample
+seeds make every image independent of its batch.
 
 Backpressure: each deployment queues at most `max_queued_requests` per caller; beyond it Serve rejects the
 request. The proxy turns an ingress rejection into 429 + Retry-After (`BackpressureConfig`), and the
@@ -38,11 +39,11 @@ from npdraw_serving.backend import (
     SampleJob,
     SampleResult,
     check_can_sample,
-    images_in,
     load_model,
+    run_batch,
     run_decode,
     run_encode,
-    run_jobs,
+    sample_batcher,
 )
 from npdraw_serving.metrics import Metrics, RayFactory
 from npdraw_serving.options import ServeOptions
@@ -66,10 +67,8 @@ class Sampler:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.paths = {name: str(path) for name, path in self.options.models.items()}
         self.metrics = Metrics(RayFactory())
-        self.batching = self.options.batching
-        self.sample_batch.set_max_batch_size(self.batching.max_batch_images)
-        self.sample_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
-        self.lock = asyncio.Lock()  # batching off: one model call at a time, like one batch at a time
+        # Serve's max_ongoing_requests bounds the jobs in a replica; its queue (max_queued_requests) the rest.
+        self.batcher = sample_batcher(self._run, self.options.batching)
         # Multiplexing wired at init, because the LRU size is a setting (Serve detects it on the instance).
         # (A plain function: Serve stores its LRU cache on the decorated object, which a bound method refuses.)
         async def load(model_id: str):
@@ -88,30 +87,14 @@ class Sampler:
         return model
 
     async def sample(self, job: SampleJob) -> SampleResult:
-        if self.batching.enabled:
-            return await self.sample_batch(job)
-        async with self.lock:
-            [result] = await self._run([job])
-        return result
-
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=images_in)
-    async def sample_batch(self, jobs: list[SampleJob]) -> list[SampleResult]:
-        return await self._run(jobs)
+        return await self.batcher.submit(job)
 
     async def _run(self, jobs: list[SampleJob]) -> list[SampleResult]:
-        by_model: dict[str, list[int]] = {}
-        for index, job in enumerate(jobs):
-            by_model.setdefault(job.model, []).append(index)
-        results: list[SampleResult | None] = [None] * len(jobs)
-        for name, members in by_model.items():
-            model = await self.get_model(name)
-            self.last_model = name
-            # The model call runs in a thread so that new requests keep queueing for the next batch.
-            outputs = await asyncio.to_thread(run_jobs, model, [jobs[i] for i in members])
-            for i, output in zip(members, outputs, strict=True):
-                results[i] = output
-            self.metrics.observe_batch(outputs[0].batch_images)
-        return results  # type: ignore[return-value]
+        return await run_batch(jobs, self._model, self.metrics)
+
+    async def _model(self, name: str):
+        self.last_model = name
+        return await self.get_model(name)
 
     async def decode(self, job: DecodeJob) -> SampleResult:
         """The studio's edits: one render and one decoder pass, never batched (a person waits on it)."""

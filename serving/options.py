@@ -30,6 +30,8 @@ class Strict(BaseModel):
 class BatchingOptions(Strict):
     enabled: bool = True  # off: every request is its own model call (for comparison)
     max_batch_images: int = Field(64, ge=1)  # a batch holds at most this many *images*, whatever the requests
+    # How long the oldest request waits for company when the model is idle; a busy model's next batch takes
+    # every request that arrived meanwhile (npdraw_serving.batching).
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
 
 
@@ -38,7 +40,7 @@ class SamplerOptions(Strict):
 
     num_replicas: int | None = Field(None, ge=1)  # a fixed count; leave unset to autoscale
     autoscaling_config: dict[str, Any] | None = Field(default_factory=lambda: dict(DEFAULT_AUTOSCALING))
-    max_ongoing_requests: int = Field(64, ge=1)  # ≥ max_batch_images, or full batches can never form
+    max_ongoing_requests: int = Field(128, ge=1)  # 2 × max_batch_images: one batch runs while the next fills
     max_queued_requests: int = Field(64, ge=-1)  # per caller (the ingress); beyond it: 429
     retry_after_s: float = Field(1.0, ge=0)
     num_cpus: float = Field(1.0, ge=0)

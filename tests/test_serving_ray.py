@@ -50,7 +50,7 @@ def service(tiny_models):  # noqa: F811
         max_samples=8,
         batching={"max_batch_images": 64, "batch_wait_timeout_s": 0.05},
         sampler={
-            "num_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 2, "max_queued_requests": MAX_QUEUED,
+            "num_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 6, "max_queued_requests": MAX_QUEUED,
             "retry_after_s": 2, "max_models_per_replica": 1,
         },
         ingress={"num_cpus": 0},
@@ -116,7 +116,7 @@ def test_a_second_model_is_multiplexed(service):
     np.testing.assert_array_equal(images(again), images(a))
 
 
-def test_a_burst_beyond_the_queue_gets_only_200_and_429_and_the_service_stays_healthy(service):
+def test_a_burst_beyond_the_queue_gets_only_200_and_429_is_batched_and_the_service_stays_healthy(service):
     url, _ = service
 
     async def burst(count: int) -> list[httpx.Response]:
@@ -132,6 +132,8 @@ def test_a_burst_beyond_the_queue_gets_only_200_and_429_and_the_service_stays_he
     assert statuses.count(429) > 0 and statuses.count(200) >= MAX_QUEUED
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.headers["retry-after"] == "2"
+    # Requests that waited while the model ran shared its next call (the replica holds up to 6).
+    assert max(int(r.headers["x-npdraw-batch-images"]) for r in responses if r.status_code == 200) > 1
     health = httpx.get(f"{url}/v1/health", timeout=60)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert sample(url, model="a", seed=1).status_code == 200
