@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
+from npdraw_core import config_yaml
 from npdraw_core.registry import Registry, UnknownComponentError, default_registry
 
 logger = logging.getLogger(__name__)
@@ -306,7 +307,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML file such as configs/mnist.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = config_yaml.load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from error
     if not isinstance(data, dict):
@@ -315,12 +316,13 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def parse_override(override: str) -> tuple[list[str], Any]:
-    """`model.part_bank.bank_size=200` → (["model", "part_bank", "bank_size"], 200); the value is YAML."""
+    """`model.part_bank.bank_size=200` → (["model", "part_bank", "bank_size"], 200); the value is YAML
+    (`config_yaml`: 0200 is 200, 06222_00000 a string)."""
     key, sep, raw_value = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} must look like key.path=value, e.g. model.part_bank.bank_size=200")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        value = config_yaml.load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"override {override!r}: the value is not valid YAML ({error})") from error
     return key.strip().split("."), value
@@ -542,12 +544,15 @@ def coerce(value: Any, annotation: Any, path: str, registry: Registry) -> Any:
         except OverflowError:
             raise ConfigError(f"{path!r} must be a number that fits a float, got an integer of {len(str(value))} digits") from None
     if annotation is float and isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-4 (no dot) as a string; it is clearly meant as a number
+        try:  # "1e-4" from a Python caller (or JSON) is clearly meant as a number
             return float(value)
         except ValueError:
             pass
     if annotation in (int, str, bool) and type(value) is annotation:
         return value
+    if annotation is str and isinstance(value, int | float | bool):
+        raise ConfigError(f"{path!r} must be a string, got {value!r}: YAML reads the value as a "
+                          f"{type(value).__name__}; quote it to keep it as typed, e.g. {path}='...'")  # fmt: skip
     raise ConfigError(f"{path!r} must be {_type_name(annotation)}, got {value!r} ({type(value).__name__})")
 
 
@@ -590,4 +595,4 @@ def config_hash(*parts: Any) -> str:
 def write_config(config: RunConfig, path: str | Path) -> None:
     from npdraw_core.checkpoint import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(path, config_yaml.dump(config.to_dict()))

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from npdraw_core import config_yaml
 from npdraw_core.checkpoint import atomic_write_text, read_metrics
 
 FILES = {  # the run-directory files a report links to, with what they are
@@ -87,7 +86,7 @@ def load_run(directory: str | Path) -> RunRecord:
             f"{directory} is not a run directory: it has no config.yaml (pass folders such as runs/demo that "
             "`npdraw run` wrote)"
         )
-    config = yaml.safe_load(config_path.read_text()) or {}
+    config = config_yaml.load(config_path.read_text()) or {}
     artefacts: dict[str, Any] = {}
     if (directory / "artefacts.json").is_file():
         try:

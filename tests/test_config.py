@@ -87,6 +87,43 @@ def test_overrides_parse_values_as_yaml():
     assert config.training.reg_weight == 100.0
 
 
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("model.part_bank.bank_size=0200", "bank_size", 200),  # YAML 1.1: octal 128, silently
+        ("name=06222_00000", "name", "06222_00000"),  # a Tune trial id (YAML 1.1: 622200000)
+        ("name=no", "name", "no"),  # YAML 1.1: False
+        ("name=2026-11-30", "name", "2026-11-30"),  # YAML 1.1: a date
+        ("name='0123'", "name", "0123"),
+        ("training.lr=1e-3", "lr", 0.001),  # YAML 1.1: the string '1e-3'
+        ("model.part_bank.bank_size=0x20", "bank_size", 32),
+    ],
+)
+def test_override_values_read_as_yaml_1_2_core(override, key, expected):
+    config = load_config(REPO / "configs" / "mnist.yaml", [override])
+    value = {"bank_size": config.model.part_bank.config.bank_size, "name": config.name, "lr": config.training.lr}[key]
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("name=0123", r"'name' must be a string, got 123: YAML reads the value as a int; quote it to keep it as typed, e.g. name='...'"),
+        ("training.epochs=1:30", r"'training.epochs' must be an integer, got '1:30'"),  # YAML 1.1: 90
+    ],
+)
+def test_override_values_that_are_not_what_the_key_takes_teach(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(REPO / "configs" / "mnist.yaml", [override])
+
+
+def test_strings_that_look_like_numbers_are_written_quoted_and_read_back(tmp_path):
+    for name in ("0123", "1e-3", "06222_00000", "true", "no", "2026-11-30"):
+        config = load_config(REPO / "configs" / "mnist.yaml", [f"output_dir={tmp_path}", f"name='{name}'"])
+        write_config(config, tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml").name == name
+
+
 def test_override_can_swap_a_component_type():
     config = load_config(REPO / "configs" / "mnist.yaml", ["model.prior={type: independent}"])
     assert config.model.prior.type == "independent"

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from npdraw_core import config_yaml
 from npdraw_core.config import ConfigError, RunConfig, load_config
 
 SAMPLERS = {"choice": 1, "uniform": 2, "loguniform": 2, "randint": 2, "grid": 1}  # name → number of arguments
@@ -82,7 +81,7 @@ def load_search(source: str | Path | dict, base: RunConfig | dict) -> SearchSpec
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise SearchError(f"search file {str(path)!r} does not exist; see configs/search_mnist.yaml for an example")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = config_yaml.load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise SearchError(f"search file {str(path)!r} must hold a mapping, got {type(data).__name__}")
     return data

@@ -35,7 +35,7 @@ def run_trial(config: dict[str, Any], *, base: dict, spec: SearchSpec, cache_dir
     context = tune.get_context()
     node_id = ray.get_runtime_context().get_node_id()
     try:
-        # the name is set as a string, not parsed as an override value: YAML reads an id like 06222_00000 as a number
+        # the trial id is the run name as it is, not a YAML value to parse
         run_config = dataclasses.replace(load_config(base, spec.overrides(config)), name=context.get_trial_id())
     except ConfigError as error:
         raise RuntimeError(f"trial {context.get_trial_id()} on node {node_id}: {error} (a component's "
