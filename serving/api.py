@@ -57,9 +57,11 @@ def create_app(
     if metrics is not None:
         app.add_middleware(_RequestMetrics, metrics=metrics)
     if prometheus_registry is not None:
-        from prometheus_client import make_asgi_app
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        app.mount("/metrics", make_asgi_app(registry=prometheus_registry))
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_text() -> Response:  # a route, not a mount: a mount answers /metrics with a redirect
+            return Response(generate_latest(prometheus_registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/samples")
     async def samples(request: SampleRequest) -> Response:  # type: ignore[valid-type]

@@ -252,7 +252,9 @@ def test_models_health_and_bank(client, tiny_models):
 def test_metrics_count_images_requests_batches_and_loads(client):
     post(client, model="a", seed=1, num_samples=3, format="json")
     post(client, model="a", temperature=0)
-    text = client.get("/metrics").text
+    response = client.get("/metrics", follow_redirects=False)  # what `curl localhost:8000/metrics` sees
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
     assert 'npdraw_images_generated_total{format="json",model="a"}' in text
     assert 'npdraw_requests_total{route="/v1/samples",status="422"}' in text
     assert "npdraw_request_latency_seconds_bucket" in text
