@@ -44,7 +44,6 @@ from npdraw_core.torchscript import scripted
 if TYPE_CHECKING:  # model.py imports this module
     from npdraw_core.model import NPDraw
 
-
 Generators = torch.Generator | Sequence[torch.Generator]
 
 
@@ -113,9 +112,9 @@ def sample_latents(
     """Draw `num_samples` hard latent sequences z ~ p(z) step by step, feeding each new frame back.
 
     `generator`: one torch.Generator for the whole batch, or one per sample (see the module docstring;
-    `block_size` only applies then; default: `default_block_size` of the prior's device). `temperature` divides all logits (whether too); `top_k` keeps the k
-    most likely parts / cells. `use_cache=False` recomputes the prior's whole prefix each step (the
-    authors' sampler; for tests).
+    `block_size` only applies then; default: `default_block_size` of the prior's device). `temperature`
+    divides all logits (whether too); `top_k` keeps the k most likely parts / cells. `use_cache=False`
+    recomputes the prior's whole prefix each step (the authors' sampler; for tests).
     """
     check_generators(generator, num_samples)
     options = dict(temperature=temperature, top_k=top_k, use_cache=use_cache)
