@@ -31,7 +31,8 @@ class Batcher(Generic[Job, Result]):
 
     A batch holds at most `max_images` (as counted by `size`) and `max_jobs` jobs; a job larger than
     `max_images` runs alone. The oldest waiting job waits at most `wait_timeout_s` for others to join
-    while the batch is not full. `max_waiting` (-1: unbounded) caps the jobs waiting for a call.
+    while the batch is not full. `max_waiting` (-1: unbounded) caps the jobs waiting while a call runs
+    (like Serve's `max_queued_requests`: 0 still serves a job that finds the model free).
     """
 
     def __init__(
@@ -52,9 +53,10 @@ class Batcher(Generic[Job, Result]):
         self.waiting: deque[tuple[Job, asyncio.Future, float]] = deque()
         self.arrived = asyncio.Event()
         self.worker: asyncio.Task | None = None
+        self.busy = False  # a call of `run` is in progress
 
     async def submit(self, job: Job) -> Result:
-        if 0 <= self.max_waiting <= len(self.waiting):
+        if self.busy and 0 <= self.max_waiting <= len(self.waiting):
             raise QueueFull(f"{len(self.waiting)} requests are already waiting for the sampler")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -77,6 +79,7 @@ class Batcher(Generic[Job, Result]):
             batch = self._take()
             if not batch:
                 continue
+            self.busy = True
             try:
                 results = await self.run([job for job, _ in batch])
             except Exception as error:  # every job of the batch gets the error; the worker goes on
@@ -84,6 +87,8 @@ class Batcher(Generic[Job, Result]):
                     if not future.done():
                         future.set_exception(error)
                 continue
+            finally:
+                self.busy = False
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

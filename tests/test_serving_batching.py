@@ -83,6 +83,13 @@ def test_a_full_queue_refuses_new_jobs_and_serves_the_waiting_ones():
     assert model.calls == [[1], [1, 1, 1]]
 
 
+def test_no_queue_still_serves_a_job_that_finds_the_model_free():
+    model = Model()
+    results = asyncio.run(submit_while_busy(batcher(model, max_waiting=0), [(1, "queued")]))
+    assert results[0] == "first:1" and isinstance(results[1], QueueFull)
+    assert model.calls == [[1]]
+
+
 def test_a_failing_call_fails_its_jobs_only():
     async def scenario(model):
         batch = batcher(model)
