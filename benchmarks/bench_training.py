@@ -92,7 +92,8 @@ def old_sample(model, seed: int, *, seeded: bool):
     """NPDraw.sample of one image before issue 11: the prior's modules step by step (`_embed`,
     `Block.step`, `_heads`), the uniforms and the Gumbel noise of every step drawn and computed per step,
     whole canvases and masks rebuilt every step. `seeded`: the per-sample path (`generators_for([seed])`),
-    a block (`default_block_size`) whose other rows are throwaway generators; else a bulk generator and one row."""
+    a block (`default_block_size`) whose other rows are throwaway generators; else a bulk generator and one
+    row."""
     import torch.nn.functional as F
 
     from npdraw_core.distributions import scale_logits
@@ -329,8 +330,8 @@ def main() -> None:
                   nll_full_test_set_minutes_two_cores=round(full_minutes / 2, 1))  # fmt: skip
 
     # single-image latency, old and new, same images: a bulk seed (one row), and a per-sample seed (the
-    # serving path: one block of `default_block_size` rows). Each sampler runs in its own block of runs after a warm-up
-    # (alternating them made the faster one pay the other's cache misses).
+    # serving path: one block of `default_block_size` rows). Each sampler runs in its own block of runs
+    # after a warm-up (alternating them made the faster one pay the other's cache misses).
     from npdraw_core.sampling import generators_for
 
     identical = True

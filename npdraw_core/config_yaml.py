@@ -15,7 +15,6 @@ from typing import Any
 
 import yaml
 
-_REPLACED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
 _CORE = [
     ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
     ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
@@ -25,6 +24,9 @@ _CORE = [
         "-+0123456789.",
     ),
 ]
+
+
+_REPLACED = {tag for tag, _, _ in _CORE} | {"tag:yaml.org,2002:timestamp"}  # YAML 1.2 core has no dates
 
 
 def _core_resolvers(cls: type) -> None:

@@ -3,9 +3,10 @@
 The FastAPI app (`npdraw_serving.api`) only sees the `SamplerBackend` interface: `LocalSampler` here runs the
 models in the serving process (tests, `npdraw serve --no-ray`); `npdraw_serving.deployments` forwards to a
 Ray Serve sampler deployment. Both merge waiting requests into batches (`sample_batcher`) and run them
-through `run_batch` / `run_jobs`, so a result never depends on which backend, or which batch, produced it. The studio's jobs (`DecodeJob`: given
-latents → canvas and image; `EncodeJob`: images → their most likely latents) run through `run_decode` and
-`run_encode` on both backends, unbatched: one render and one decoder pass.
+through `run_batch` / `run_jobs`, so a result never depends on which backend, or which batch, produced it.
+The studio's jobs (`DecodeJob`: given latents → canvas and image; `EncodeJob`: images → their most likely
+latents) run through `run_decode` and `run_encode` on both backends, unbatched: one render and one decoder
+pass.
 """
 
 from __future__ import annotations
