@@ -175,6 +175,9 @@ class PriorTrainingConfig:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-4
+    # the learning rate is multiplied by lr_decay over each epoch (smoothly, step by step); 1: constant.
+    # A per-epoch factor, unlike a cosine over the whole schedule, lets more epochs continue a run.
+    lr_decay: float = 1.0
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     early_stopping_patience: int | None = None  # epochs without validation improvement before stopping
     max_train_images: int | None = None  # train on the first N parses only (quick runs)
@@ -183,6 +186,21 @@ class PriorTrainingConfig:
         check_at_least(self, 0, "epochs", "grad_clip")
         check_at_least(self, 1, "batch_size", "early_stopping_patience", "max_train_images")
         check_positive(self, "lr")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay must be in (0, 1] (1: a constant learning rate), got {self.lr_decay!r}")
+
+    def lr_at(self, epoch: float) -> float:
+        """The learning rate `epoch` epochs into training (fractions: within an epoch)."""
+        return self.lr * self.lr_decay**epoch
+
+    def lineage(self) -> dict[str, Any]:
+        """The settings a prior checkpoint depends on: all but the schedule's length (epochs, patience), so a
+        longer schedule continues a shorter one. A constant rate is left out, which keeps the keys of the
+        runs made before lr_decay existed."""
+        settings = to_plain(dataclasses.replace(self, epochs=0, early_stopping_patience=None))
+        if self.lr_decay == 1.0:
+            del settings["lr_decay"]
+        return settings
 
 
 @dataclass

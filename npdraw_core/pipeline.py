@@ -8,7 +8,6 @@ killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import shutil
@@ -41,10 +40,7 @@ def prior_key(config: RunConfig) -> str:
     """`<lineage>-e<epochs>-p<patience>`: the lineage hashes everything but the schedule's length, so a
     longer schedule of the same lineage continues from a shorter one's checkpoint instead of restarting."""
     settings = config.prior_training
-    lineage = config_hash(
-        "prior", parses_key(config), config.model.prior, config.seed,
-        dataclasses.replace(settings, epochs=0, early_stopping_patience=None),
-    )  # fmt: skip
+    lineage = config_hash("prior", parses_key(config), config.model.prior, config.seed, settings.lineage())
     return f"{lineage}-e{settings.epochs}-p{settings.early_stopping_patience}"
 
 

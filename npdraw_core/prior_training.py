@@ -8,7 +8,6 @@ parses (nats per image), a metrics record and an atomic, resumable checkpoint. W
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -45,12 +44,11 @@ def prior_content_hash(run: Run, bank: Any, parses: dict) -> str:
     seed and the contents of the bank and of the train/valid parses. The epoch count and early-stopping
     patience are left out: raising them continues the same checkpoint."""
     config = run.config
-    settings = dataclasses.replace(config.prior_training, epochs=0, early_stopping_patience=None)
     data = tensor_digest(
         exemplars_of(bank), *(parses[s][k] for s in ("train", "valid") for k in ("what", "where", "whether"))
     )
     return config_hash("prior", config.model.canvas_size, config.model.patch_size, config.model.prior,
-                       settings, config.seed, data)  # fmt: skip
+                       config.prior_training.lineage(), config.seed, data)  # fmt: skip
 
 
 @torch.no_grad()
@@ -131,7 +129,9 @@ def _train_epoch(prior, optimizer, exemplars, grid, train, num_train, settings, 
     total, seen = 0.0, 0
     batches = list(minibatch_indices(num_train, settings.batch_size, generator=generator))
     progress = tqdm(batches, desc=f"prior epoch {epoch}", leave=False, mininterval=1.0)
-    for index in progress:
+    for step, index in enumerate(progress):
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr_at(epoch + step / len(batches))
         latents = parse_latents(
             train, index, bank_size=len(exemplars), num_cells=grid.num_cells, device=exemplars.device
         )

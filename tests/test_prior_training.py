@@ -154,16 +154,30 @@ def test_the_independent_prior_trains_through_the_same_stage(tmp_path, mnist):
     assert nll < 0.8 * evaluate_nll(untrained, bank, run.grid, parses["valid"])
 
 
-def test_the_cached_prior_of_a_longer_schedule_continues_the_shorter_one(tmp_path, mnist):
+@pytest.mark.parametrize("lr_decay", [1.0, 0.5])
+def test_the_cached_prior_of_a_longer_schedule_continues_the_shorter_one(tmp_path, mnist, lr_decay):
     bank, parses = mnist
-    few = "prior_training.max_train_images=100"
-    uninterrupted = train_prior(make_run(tmp_path / "a", few), bank, parses).state_dict()
-    short = make_run(tmp_path / "b", few, "prior_training.epochs=1")
+    few = ["prior_training.max_train_images=100", f"prior_training.lr_decay={lr_decay}"]
+    uninterrupted = train_prior(make_run(tmp_path / "a", *few), bank, parses).state_dict()
+    short = make_run(tmp_path / "b", *few, "prior_training.epochs=1")
     prior_stage(short, bank, parses)
-    longer = make_run(tmp_path / "b", few)  # epochs=2: a new cache entry, started from the 1-epoch one
+    longer = make_run(tmp_path / "b", *few)  # epochs=2: a new cache entry, started from the 1-epoch one
     continued, key = prior_stage(longer, bank, parses)
     assert key == prior_key(longer.config) != prior_key(short.config)
     assert load_checkpoint(short.cache.path("prior", prior_key(short.config)))["epoch"] == 0  # kept as it was
     assert [r["epoch"] for r in read_metrics(longer.path("metrics.jsonl")) if r["stage"] == "prior"] == [0, 1]
     for name, value in uninterrupted.items():
         assert torch.equal(value, continued.state_dict()[name]), name
+
+
+def test_lr_decay_lowers_the_rate_step_by_step_and_keys_a_new_lineage(tmp_path, mnist):
+    bank, parses = mnist
+    run = make_run(tmp_path, "prior_training.lr_decay=0.25", *INDEPENDENT)  # 200 parses: 4 steps per epoch
+    train_prior(run, bank, parses)
+    rates = [group["lr"] for group in load_checkpoint(run.path("prior.pt"))["optimizer"]["param_groups"]]
+    assert rates == [pytest.approx(0.003 * 0.25 ** (1 + 3 / 4))]  # the last step: 1¾ epochs in
+    constant = make_run(tmp_path, *INDEPENDENT).config
+    assert "lr_decay" not in constant.prior_training.lineage()  # runs made before lr_decay keep their keys
+    assert prior_key(run.config) != prior_key(constant)
+    with pytest.raises(ValueError, match="lr_decay must be in"):
+        make_run(tmp_path, "prior_training.lr_decay=1.5")
