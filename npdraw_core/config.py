@@ -215,14 +215,26 @@ class TrainingConfig:
     temperature_halflife: float = 50.0
     parse_forcing_rate: float | None = 0.005  # r of π_e = exp(-r·e(e+1)/2); None disables parse forcing
     max_train_images: int | None = None
+    # Before the first epoch the decoder alone learns p(x | the parse's canvas) on this many training images
+    # (drawn from the whole training split): about 5x cheaper per image than a VAE step, which also runs the
+    # encoder and the frozen prior, and close to what early epochs teach it (parse forcing starts at 1).
+    decoder_warmup_images: int = 0
     sample_grid_every: int = 1  # epochs between sample-grid PNGs; 0: none
 
     def __post_init__(self) -> None:
-        check_at_least(self, 0, "epochs", "reg_weight", "parse_forcing_rate", "sample_grid_every")
+        check_at_least(self, 0, "epochs", "reg_weight", "parse_forcing_rate", "decoder_warmup_images", "sample_grid_every")
         check_at_least(self, 1, "batch_size", "max_train_images")
         check_positive(self, "encoder_lr", "lr", "temperature_halflife")
         if not 0.0 < self.min_temperature <= 1.0:
             raise ValueError(f"min_temperature must be in (0, 1], got {self.min_temperature!r}")
+
+    def lineage(self) -> dict[str, Any]:
+        """The settings the trained weights depend on: all but `epochs`, so raising it continues a run. No
+        warm-up is left out, which keeps the keys of the runs made before it existed."""
+        settings = to_plain(dataclasses.replace(self, epochs=0))
+        if self.decoder_warmup_images == 0:
+            del settings["decoder_warmup_images"]
+        return settings
 
 
 @dataclass

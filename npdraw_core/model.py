@@ -113,6 +113,11 @@ class NPDraw(nn.Module):
         loss = (reconstruction + kl + reg_weight * parse_ce).mean()
         return LossTerms(loss, reconstruction.detach(), kl.detach(), parse_ce.detach())
 
+    def reconstruction(self, images: Tensor, latents: Latents) -> Tensor:
+        """−log p(x|z) per image (B,) for given latents, e.g. a parse (the decoder's warm-up in training)."""
+        canvas = render_located(latents, self.bank, self.grid) if located(latents) else self.render(latents)
+        return -self.output.log_prob(self.decode(canvas), images)
+
     # -- evaluation ------------------------------------------------------------------------------------
     @torch.no_grad()
     def log_likelihood_bound(

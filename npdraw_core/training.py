@@ -7,7 +7,8 @@ self-describing model file (`model.pt`) that sampling, serving and evaluation lo
 
 from __future__ import annotations
 
-import dataclasses
+import collections
+import itertools
 import logging
 import time
 
@@ -40,8 +41,8 @@ def model_hash(run: Run, prior_key: str) -> str:
     """Everything the trained weights depend on, except the epoch count: raising `training.epochs`
     continues the same run instead of starting over."""
     config = run.config
-    settings = dataclasses.replace(config.training, epochs=0)
-    return config_hash("model", prior_key, config.model.encoder, config.model.decoder, config.model.output, settings, config.seed)
+    model = config.model
+    return config_hash("model", prior_key, model.encoder, model.decoder, model.output, config.training.lineage(), config.seed)
 
 
 def output_parameters(model: NPDraw) -> list[torch.nn.Parameter]:
@@ -79,6 +80,12 @@ def train_model(
         log.info("[train] training starts over; moved the previous %s to %s", BEST, archive(run.path(BEST)))
     dataset = run.dataset
     train, valid = dataset.load("train"), dataset.load("valid")
+    if state is None and settings.decoder_warmup_images:  # a resumed run's checkpoint holds the warmed-up decoder
+        warmup = warm_up_decoder(
+            model, train, parses["train"], settings, binary=dataset.binary,
+            generator=torch.Generator().manual_seed(run.config.seed + 2),
+        )  # fmt: skip
+        run.log("decoder_warmup", **warmup)
     if settings.max_train_images is not None:
         train = train.subset(torch.arange(min(settings.max_train_images, len(train))))
 
@@ -133,6 +140,35 @@ def train_model(
         log.info("[train] wrote %s again from the best weights in %s", run.path(BEST), run.path(LAST))
         write_model_file(final["best_epoch"], {"valid_loss": final["best"]})
     return model.eval()
+
+
+def warm_up_decoder(
+    model: NPDraw, train: ImageSet, parses: dict, settings: TrainingConfig, *, binary: bool, generator: torch.Generator
+) -> dict[str, float]:
+    """The decoder (and output distribution) alone fit p(x | the parse's canvas) on
+    `settings.decoder_warmup_images` training images, in shuffled passes over `train`, with their own Adam
+    at the decoder's rate. Returns the images, seconds and the mean reconstruction over the last 50 batches."""
+    optimizer = torch.optim.Adam([*model.decoder.parameters(), *output_parameters(model)], lr=settings.lr)
+    passes = itertools.chain.from_iterable(
+        minibatch_indices(len(train), settings.batch_size, generator=generator) for _ in itertools.count()
+    )  # fmt: skip
+    model.train()
+    seen, recent, started = 0, collections.deque(maxlen=50), time.perf_counter()
+    with tqdm(total=settings.decoder_warmup_images, desc="decoder warm-up", leave=False, mininterval=1.0) as progress:
+        for index in passes:
+            index = index[: settings.decoder_warmup_images - seen]
+            images = prepare_images(train.images[index], binary=binary, generator=generator)
+            reconstruction = model.reconstruction(images.to(model.bank.device), parses_of(parses, index, model))
+            optimizer.zero_grad(set_to_none=True)
+            reconstruction.mean().backward()
+            optimizer.step()
+            seen += len(index)
+            recent.append((reconstruction.sum().item(), len(index)))
+            progress.update(len(index))
+            if seen == settings.decoder_warmup_images:
+                break
+    seconds = time.perf_counter() - started
+    return {"images": seen, "seconds": seconds, "reconstruction": sum(s for s, _ in recent) / sum(n for _, n in recent)}
 
 
 @torch.no_grad()

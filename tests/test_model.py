@@ -3,6 +3,7 @@ a killed training run resumes exactly, checkpoints never execute code, sampling 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -13,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from npdraw_core.checkpoint import CheckpointError, load_checkpoint
+from npdraw_core.checkpoint import CheckpointError, load_checkpoint, read_metrics
 from npdraw_core.data import prepare_images
 from npdraw_core.editing import Region, edit, save_edit_figure
 from npdraw_core.pipeline import bank_stage, parse_stage, prior_stage
 from npdraw_core.run import Run
-from npdraw_core.training import LAST, build_model, parses_of, train_model
+from npdraw_core.training import LAST, build_model, model_hash, parses_of, train_model, warm_up_decoder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -70,6 +71,44 @@ def test_fifty_sample_bound_is_tighter_than_one_sample(upstream):
     fifty = model.log_likelihood_bound(images, num_samples=50, generator=torch.Generator().manual_seed(3))
     assert torch.isfinite(fifty).all() and (fifty < 0).all()  # log-probabilities of binary images
     assert fifty.mean() > one.mean() + 1.0, (fifty.mean(), one.mean())
+
+
+def test_decoder_warmup_fits_parse_canvases_and_leaves_the_encoder_alone(upstream):
+    run, bank, parses, prior, _ = upstream
+    torch.manual_seed(0)
+    model = build_model(run, bank.exemplars, prior)
+    encoder = {name: value.clone() for name, value in model.encoder.state_dict().items()}
+    train = run.dataset.load("train")
+    index = torch.arange(2000, 2200)  # held out: the warm-up below sees the first 700 images only
+    held_out = prepare_images(train.images[index], binary=True, generator=torch.Generator().manual_seed(1))
+
+    def reconstruction() -> float:
+        with torch.no_grad():
+            return model.eval().reconstruction(held_out, parses_of(parses["train"], index, model)).mean().item()
+
+    before = reconstruction()
+    settings = dataclasses.replace(run.config.training, decoder_warmup_images=1530, batch_size=100, lr=3e-3)
+    first = train.subset(torch.arange(700))  # several passes, the last batch cut short
+    result = warm_up_decoder(model, first, parses["train"], settings, binary=True, generator=torch.Generator().manual_seed(0))
+    after = reconstruction()
+    assert result["images"] == 1530 and result["seconds"] > 0
+    assert after < 0.6 * before, (before, after)  # nats per image on held-out images given their parses
+    for name, value in model.encoder.state_dict().items():
+        torch.testing.assert_close(value, encoder[name], msg=f"the warm-up changed the encoder's {name}")
+
+
+def test_a_run_with_decoder_warmup_records_it_once_and_keys_its_weights_apart(upstream):
+    upstream_run, bank, parses, prior, prior_key = upstream
+    output_dir = upstream_run.config.output_dir
+    warm = tiny_run(output_dir, "warm", "training.decoder_warmup_images=250", "training.epochs=1",
+                    "training.sample_grid_every=0")  # fmt: skip
+    cold = tiny_run(output_dir, "cold", "training.epochs=1")
+    assert model_hash(warm, prior_key) != model_hash(cold, prior_key)
+    assert "decoder_warmup_images" not in cold.config.training.lineage()  # runs made before it keep their keys
+    train_model(warm, bank.exemplars, parses, prior, prior_key)
+    train_model(warm, bank.exemplars, parses, prior, prior_key)  # done: neither trained nor warmed up again
+    records = [r for r in read_metrics(warm.path("metrics.jsonl")) if r["stage"] == "decoder_warmup"]
+    assert [r["images"] for r in records] == [250]
 
 
 def final_weights(run: Run) -> dict[str, torch.Tensor]:
