@@ -114,7 +114,8 @@ class NPDraw(nn.Module):
         return LossTerms(loss, reconstruction.detach(), kl.detach(), parse_ce.detach())
 
     def reconstruction(self, images: Tensor, latents: Latents) -> Tensor:
-        """−log p(x|z) per image (B,) for given latents, e.g. a parse (the decoder's warm-up in training)."""
+        """−log p(x|z) per image (B,) for given latents (a parse in the decoder's warm-up, hard samples of q in
+        the bound); `located` latents are rendered without per-cell maps."""
         canvas = render_located(latents, self.bank, self.grid) if located(latents) else self.render(latents)
         return -self.output.log_prob(self.decode(canvas), images)
 
@@ -146,8 +147,7 @@ class NPDraw(nn.Module):
         for start in range(0, num_samples * batch, chunk_rows):
             rows = torch.arange(start, min(start + chunk_rows, num_samples * batch), device=images.device)
             chunk, image_rows = latents[rows], rows % batch
-            canvas = render_located(chunk, self.bank, self.grid) if located(chunk) else self.render(chunk)
-            log_px = self.output.log_prob(self.decode(canvas), images[image_rows])
+            log_px = -self.reconstruction(images[image_rows], chunk)
             log_pz = distributions.log_prob(self.prior_logits(chunk), chunk)
             q_chunk = StepLogits(*(getattr(q_logits, name)[image_rows] for name in ("whether", "what", "where")))
             log_weights.append(log_px + log_pz - distributions.log_prob(q_chunk, chunk))
