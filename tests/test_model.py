@@ -123,7 +123,10 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(upstream, tmp_path):
     train_model(straight, bank.exemplars, parses, prior, prior_key)
 
     killed = tiny_run(output_dir, f"killed-{tmp_path.name}")
+    # the same thread count as the run above: float sums differ between thread counts, and the CLI's
+    # default (1 on a small machine) is not this process's unless an earlier test has set it
     command = [sys.executable, "-m", "npdraw_core.cli", "train", str(TINY), "--device", "cpu",
+               "--threads", str(torch.get_num_threads()),
                *[f"--set={o}" for o in [*SMALL, f"output_dir={output_dir}", f"name={killed.config.name}"]]]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
