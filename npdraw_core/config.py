@@ -214,6 +214,9 @@ class TrainingConfig:
     min_temperature: float = 0.5  # τ(epoch) = max(min_temperature, exp(-epoch · ln2 / temperature_halflife))
     temperature_halflife: float = 50.0
     parse_forcing_rate: float | None = 0.005  # r of π_e = exp(-r·e(e+1)/2); None disables parse forcing
+    # The paper forces what/where only; forcing `whether` too keeps an untrained encoder's draw flags from
+    # putting wrong parts on the canvases the decoder learns from (it undid much of a decoder warm-up).
+    parse_forcing_whether: bool = False
     max_train_images: int | None = None
     # Before the first epoch the decoder alone learns p(x | the parse's canvas) on this many training images
     # (drawn from the whole training split): about 5x cheaper per image than a VAE step, which also runs the
@@ -230,10 +233,12 @@ class TrainingConfig:
 
     def lineage(self) -> dict[str, Any]:
         """The settings the trained weights depend on: all but `epochs`, so raising it continues a run. No
-        warm-up is left out, which keeps the keys of the runs made before it existed."""
+        warm-up and no forcing of `whether` are left out, which keeps the keys of the runs made before they existed."""
         settings = to_plain(dataclasses.replace(self, epochs=0))
         if self.decoder_warmup_images == 0:
             del settings["decoder_warmup_images"]
+        if not self.parse_forcing_whether:
+            del settings["parse_forcing_whether"]
         return settings
 
 

@@ -92,15 +92,18 @@ class NPDraw(nn.Module):
         temperature: float,
         whether_estimator: str = "hard",
         parse_forcing: float = 0.0,
+        force_whether: bool = False,
         generator: torch.Generator | None = None,
     ) -> LossTerms:
-        """images in [0, 1] (already binarised for binary data), parse: the parser's hard latents."""
+        """images in [0, 1] (already binarised for binary data), parse: the parser's hard latents. With
+        probability `parse_forcing` an image's sampled what/where (and `whether` if `force_whether`) are its
+        parse's."""
         q_logits = self.encode(images)
         latents = posterior.sample_relaxed(
             q_logits, temperature=temperature, whether_estimator=whether_estimator, generator=generator
         )
         if parse_forcing > 0:
-            latents = _force_parse(latents, parse, parse_forcing, generator)
+            latents = _force_parse(latents, parse, parse_forcing, generator, force_whether=force_whether)
         if located(latents):  # straight-through `where`: canvas and prior frames built cell by cell
             canvas, prior = located_final_canvas(latents, self.bank, self.grid), self.prior_logits(latents)
         else:
@@ -198,13 +201,15 @@ class NPDraw(nn.Module):
         return self.render(posterior.posterior_mode(self.encode(images)))
 
 
-def _force_parse(latents: Latents, parse: Latents, probability: float, generator: torch.Generator | None) -> Latents:
-    """Per image, with `probability`, replace the sampled what/where by the parse (authors' warm-up)."""
+def _force_parse(
+    latents: Latents, parse: Latents, probability: float, generator: torch.Generator | None, *, force_whether: bool
+) -> Latents:
+    """Per image, with `probability`, replace the sampled what/where (and whether) by the parse (authors' warm-up)."""
     batch = latents.batch_size
     chosen = torch.rand(batch, generator=generator, device=latents.what.device) < probability
     pick = chosen[:, None, None].to(latents.what.dtype)
     return Latents(
-        whether=latents.whether,
+        whether=torch.where(chosen[:, None], parse.whether, latents.whether) if force_whether else latents.whether,
         what=pick * parse.what + (1 - pick) * latents.what,
         where=pick * parse.where + (1 - pick) * latents.where,
     )

@@ -101,7 +101,7 @@ def train_model(
             terms = model.loss(
                 images.to(device), parses_of(parses["train"], index, model), reg_weight=settings.reg_weight,
                 temperature=temperature, whether_estimator=settings.whether_estimator,
-                parse_forcing=forcing, generator=generators["sample"],
+                parse_forcing=forcing, force_whether=settings.parse_forcing_whether, generator=generators["sample"],
             )
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()

@@ -73,6 +73,30 @@ def test_fifty_sample_bound_is_tighter_than_one_sample(upstream):
     assert fifty.mean() > one.mean() + 1.0, (fifty.mean(), one.mean())
 
 
+def test_parse_forcing_of_whether_gives_the_decoder_exactly_the_parse_canvas(upstream):
+    run, bank, parses, prior, _ = upstream
+    torch.manual_seed(0)
+    model = build_model(run, bank.exemplars, prior)
+    train = run.dataset.load("train")
+    # a decoder that reads its canvas, beside an untrained encoder: the first VAE epoch after a warm-up
+    settings = dataclasses.replace(run.config.training, decoder_warmup_images=600, batch_size=100, lr=3e-3)
+    warm_up_decoder(model, train, parses["train"], settings, binary=True, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    index = torch.arange(32)
+    images = prepare_images(train.images[index], binary=True, generator=torch.Generator().manual_seed(1))
+    parse = parses_of(parses["train"], index, model)
+
+    def forced(force_whether: bool) -> torch.Tensor:
+        with torch.no_grad():
+            return model.loss(images, parse, reg_weight=1.0, temperature=1.0, parse_forcing=1.0,
+                              force_whether=force_whether, generator=torch.Generator().manual_seed(2)).reconstruction  # fmt: skip
+
+    given_parse = model.reconstruction(images, parse).detach()
+    torch.testing.assert_close(forced(True), given_parse)
+    # the paper's forcing keeps the encoder's draw flags: other parts reach the canvas
+    assert (forced(False) - given_parse).abs().mean() > 1.0
+
+
 def test_decoder_warmup_fits_parse_canvases_and_leaves_the_encoder_alone(upstream):
     run, bank, parses, prior, _ = upstream
     torch.manual_seed(0)
@@ -104,7 +128,10 @@ def test_a_run_with_decoder_warmup_records_it_once_and_keys_its_weights_apart(up
                     "training.sample_grid_every=0")  # fmt: skip
     cold = tiny_run(output_dir, "cold", "training.epochs=1")
     assert model_hash(warm, prior_key) != model_hash(cold, prior_key)
-    assert "decoder_warmup_images" not in cold.config.training.lineage()  # runs made before it keep their keys
+    # runs made before these settings existed keep their keys
+    assert {"decoder_warmup_images", "parse_forcing_whether"}.isdisjoint(cold.config.training.lineage())
+    forcing = tiny_run(output_dir, "forcing", "training.epochs=1", "training.parse_forcing_whether=true")
+    assert model_hash(forcing, prior_key) != model_hash(cold, prior_key)
     train_model(warm, bank.exemplars, parses, prior, prior_key)
     train_model(warm, bank.exemplars, parses, prior, prior_key)  # done: neither trained nor warmed up again
     records = [r for r in read_metrics(warm.path("metrics.jsonl")) if r["stage"] == "decoder_warmup"]
