@@ -3,6 +3,7 @@ one point). Prints ONE JSON line and writes OUT/budget_DATASET.csv and .png (cop
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_curves.py --out runs/budget
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_curves.py --dataset omniglot --out runs/budget_omniglot
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_curves.py --budgets 40 --keep-from docs/budget_mnist.csv
 
 Each budget point is an NP-DRAW config (below); `npdraw run --stages train` trains it in OUT (bank and
 parses are shared by the points and computed once: their CPU time is counted in every point). A point's
@@ -105,6 +106,20 @@ def fid_at_temperatures(model, config, run_dir: Path, *, seed: int, fid_samples:
     return {temperature: known[f"{temperature:g}@{fid_samples}@{seed}"] for temperature in temperatures}
 
 
+def kept_rows(path: Path, *, exclude: set[int]) -> list[dict]:
+    """The rows of an earlier CSV of this script (numbers as numbers) whose budget is not in `exclude`."""
+
+    def value(text: str):
+        try:
+            return int(text) if text.isdigit() else float(text)
+        except ValueError:
+            return text
+
+    with open(path, newline="") as handle:
+        rows = [{key: value(text) for key, text in row.items()} for row in csv.DictReader(handle)]
+    return [row for row in rows if row["budget"] not in exclude]
+
+
 def plot(rows: list[dict], path: Path, dataset: str) -> None:
     import matplotlib
 
@@ -140,6 +155,9 @@ def main() -> None:
     options.add_argument("--fid-samples", type=int, default=10000)
     options.add_argument("--temperatures", type=float, nargs="*", default=[],
                          help="also score the first sample set at these sampling temperatures (both models)")  # fmt: skip
+    options.add_argument("--keep-from", type=Path, metavar="CSV",
+                         help="an earlier CSV (e.g. docs/budget_mnist.csv) whose rows of the other budgets go into this "
+                              "run's CSV and plot, so that one point can be measured again")  # fmt: skip
     args = options.parse_args()
     os.environ.setdefault("NPDRAW_THREADS", "1")
     import torch
@@ -194,6 +212,8 @@ def main() -> None:
         best = min(by_temperature, key=by_temperature.get)
         row.update(best_temperature=best, fid_lenet_best_temperature=by_temperature[best],
                    fid_lenet_by_temperature=" ".join(f"{t:g}:{fid}" for t, fid in sorted(by_temperature.items())))  # fmt: skip
+    if args.keep_from:  # the other points' rows as measured before
+        rows = sorted([*kept_rows(args.keep_from, exclude=set(budgets)), *rows], key=lambda r: (r["budget"], r["model"] != "NP-DRAW"))
     with open(out / f"budget_{args.dataset}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
