@@ -230,6 +230,11 @@ class TrainingConfig:
         check_positive(self, "encoder_lr", "lr", "temperature_halflife")
         if not 0.0 < self.min_temperature <= 1.0:
             raise ValueError(f"min_temperature must be in (0, 1], got {self.min_temperature!r}")
+        if self.parse_forcing_whether and self.parse_forcing_rate is None:
+            raise ValueError(
+                "parse_forcing_whether is true but parse_forcing_rate is null, so nothing is forced: "
+                "set parse_forcing_rate (e.g. 0.005) or parse_forcing_whether: false"
+            )
 
     def lineage(self) -> dict[str, Any]:
         """The settings the trained weights depend on: all but `epochs`, so raising it continues a run. No

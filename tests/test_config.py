@@ -228,6 +228,8 @@ def test_relative_paths_become_absolute_once_at_load_time(tmp_path, monkeypatch)
         ("training.reg_weight=-1", "training.reg_weight must be at least 0, got -1.0"),
         ("training.min_temperature=0", r"training.min_temperature must be in \(0, 1\], got 0.0"),
         ("training.min_temperature=1.5", r"training.min_temperature must be in \(0, 1\], got 1.5"),
+        ("training={parse_forcing_rate: null, parse_forcing_whether: true}",
+         "training.parse_forcing_whether is true but parse_forcing_rate is null, so nothing is forced"),
         ("prior_training.batch_size=0", "prior_training.batch_size must be at least 1, got 0"),
         ("prior_training.lr=-1e-4", "prior_training.lr must be a number greater than 0"),
         ("evaluation.nll_samples=0", "evaluation.nll_samples must be at least 1, got 0"),
