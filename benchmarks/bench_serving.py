@@ -90,7 +90,6 @@ def deploy(model: str, port: int, *, batching: bool, sampler: dict, batch_wait_s
         max_samples=64,
         batching={"enabled": batching, "max_batch_images": 64, "batch_wait_timeout_s": batch_wait_s},
         sampler={"num_cpus": 0.5, "max_ongoing_requests": 128, "max_queued_requests": -1, **sampler},
-        ingress={"num_cpus": 0},
     )
     serve.run(build(options), name=APP, route_prefix="/")
     url = f"http://127.0.0.1:{port}"

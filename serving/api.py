@@ -1,7 +1,7 @@
 """The HTTP API, as a plain FastAPI app built from a catalog and a sampler backend.
 
 `create_app` needs no Ray: tests drive it with TestClient, `npdraw serve --no-ray` runs it under uvicorn,
-and the Serve ingress deployment returns it from `__serve_build_asgi_app__`. Routes:
+and every Serve replica returns it from `__serve_build_asgi_app__`. Routes:
 
     POST /v1/samples              sample images (formats png, png_grid, npz, json)
     POST /v1/decode               given latents (per step: whether, exemplar, cell) → canvas and image

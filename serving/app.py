@@ -24,7 +24,7 @@ def serve_options(args: dict[str, Any] | ServeOptions) -> ServeOptions:
 
 
 def build(args: dict[str, Any] | ServeOptions):
-    """The Serve application (Ingress → Sampler) for `args`."""
+    """The Serve application (one Sampler deployment serving the HTTP API) for `args`."""
     import ray
 
     from npdraw_serving.deployments import application
@@ -38,8 +38,10 @@ def build(args: dict[str, Any] | ServeOptions):
 
 def local_app(args: dict[str, Any] | ServeOptions):
     """(FastAPI app, prometheus registry) serving `args` in this process, without Ray."""
+    import asyncio
+
     from npdraw_serving.api import create_app
-    from npdraw_serving.backend import LocalSampler
+    from npdraw_serving.backend import LocalSampler, ModelPool
     from npdraw_serving.catalog import ModelCatalog
     from npdraw_serving.metrics import Metrics, PrometheusFactory
 
@@ -47,6 +49,12 @@ def local_app(args: dict[str, Any] | ServeOptions):
     catalog = ModelCatalog.read(options.models)
     factory = PrometheusFactory()
     metrics = Metrics(factory)
-    backend = LocalSampler(catalog, options, metrics)
+    sampler = options.sampler
+    pool = ModelPool(catalog, capacity=sampler.max_models_per_replica, device=options.device, metrics=metrics)
+
+    async def get_model(name: str):
+        return await asyncio.to_thread(pool.get, name)
+
+    backend = LocalSampler(get_model, catalog, options, metrics, max_queued=sampler.max_queued_requests)
     app = create_app(catalog, backend, options, metrics, prometheus_registry=factory.registry)
     return app, factory.registry

@@ -1,12 +1,12 @@
-"""The sampler behind the HTTP app: what a request asks of a model, what comes back, and two backends.
+"""The sampler behind the HTTP app: what a request asks of a model, what comes back, and the backend.
 
-The FastAPI app (`npdraw_serving.api`) only sees the `SamplerBackend` interface: `LocalSampler` here runs the
-models in the serving process (tests, `npdraw serve --no-ray`); `npdraw_serving.deployments` forwards to a
-Ray Serve sampler deployment. Both merge waiting requests into batches (`sample_batcher`) and run them
-through `run_batch` / `run_jobs`, so a result never depends on which backend, or which batch, produced it.
-The studio's jobs (`DecodeJob`: given latents → canvas and image; `EncodeJob`: images → their most likely
-latents) run through `run_decode` and `run_encode` on both backends, unbatched: one render and one decoder
-pass.
+The FastAPI app (`npdraw_serving.api`) only sees the `SamplerBackend` interface. `LocalSampler` runs the
+models in the serving process: in each Ray Serve replica (`npdraw_serving.deployments`, models from Serve's
+multiplexed loader) and in `npdraw serve --no-ray` (models from a `ModelPool`). Sample requests are merged
+into batches (`sample_batcher`) and run through `run_batch` / `run_jobs`, so a result never depends on the
+mode or the batch that produced it. The studio's jobs (`DecodeJob`: given latents → canvas and image;
+`EncodeJob`: images → their most likely latents) run through `run_decode` and `run_encode`, unbatched: one
+render and one decoder pass.
 """
 
 from __future__ import annotations
@@ -240,17 +240,32 @@ class ModelPool:
 
 class LocalSampler:
     """Runs model calls one at a time in a worker thread of this process (the event loop keeps serving
-    other requests meanwhile). Sample jobs go through the same continuous batcher as a Ray replica; beyond
-    `max_queued` waiting jobs, new ones are refused with `Overloaded`, like Serve's `max_queued_requests`."""
+    other requests meanwhile). Sample jobs go through the continuous batcher; beyond `max_queued` waiting
+    jobs (-1: no cap, as in a Serve replica, whose queue Serve bounds), new ones are refused with
+    `Overloaded`, like Serve's `max_queued_requests`.
 
-    def __init__(self, catalog: ModelCatalog, options: ServeOptions, metrics: Metrics | None = None):
-        sampler = options.sampler
-        self.pool = ModelPool(catalog, capacity=sampler.max_models_per_replica, device=options.device, metrics=metrics)
-        self.catalog, self.metrics = catalog, metrics
-        self.max_queued, self.retry_after_s = sampler.max_queued_requests, sampler.retry_after_s
-        self.batcher = sample_batcher(self._run, options.batching, max_waiting=self.max_queued)
+    `get_model(name)`: the loaded model (Serve's multiplexed loader, or a `ModelPool` off the event loop).
+    """
+
+    def __init__(
+        self,
+        get_model: Callable[[str], Awaitable[NPDraw]],
+        catalog: ModelCatalog,
+        options: ServeOptions,
+        metrics: Metrics | None = None,
+        *,
+        max_queued: int,
+    ):
+        self.get_model, self.metrics = get_model, metrics
+        self.last_model = catalog.names[0]  # what the health check tries: the most recently used model
+        self.max_queued, self.retry_after_s = max_queued, options.sampler.retry_after_s
+        self.batcher = sample_batcher(self._run, options.batching, max_waiting=max_queued)
         self.waiting = 0
         self.lock = asyncio.Lock()  # one model call at a time: samples, edits and health checks
+
+    async def _model(self, name: str) -> NPDraw:
+        self.last_model = name
+        return await self.get_model(name)
 
     async def sample(self, job: SampleJob) -> SampleResult:
         try:
@@ -259,10 +274,10 @@ class LocalSampler:
             raise Overloaded(str(error), self.retry_after_s) from error
 
     async def decode(self, job: DecodeJob) -> SampleResult:
-        return await self._queued(lambda j: run_decode(self.pool.get(j.model), j), job)
+        return await self._queued(run_decode, job)
 
     async def encode(self, job: EncodeJob) -> SampleResult:
-        return await self._queued(lambda j: run_encode(self.pool.get(j.model), j), job)
+        return await self._queued(run_encode, job)
 
     async def _queued(self, work, job):
         if self.lock.locked() and 0 <= self.max_queued <= self.waiting:
@@ -273,16 +288,17 @@ class LocalSampler:
         finally:
             self.waiting -= 1  # also when the client went away while waiting
         try:
-            return await asyncio.to_thread(work, job)
+            return await asyncio.to_thread(work, await self._model(job.model), job)
         finally:
             self.lock.release()
 
     async def _run(self, jobs: list[SampleJob]) -> list[SampleResult]:
         async with self.lock:
-            return await run_batch(jobs, lambda name: asyncio.to_thread(self.pool.get, name), self.metrics)
+            return await run_batch(jobs, self._model, self.metrics)
 
     async def health(self) -> dict[str, Any]:
+        """Serve's health check and GET /v1/health: the most recently used model draws a valid image."""
         async with self.lock:
-            names = list(self.pool.models) or self.catalog.names[:1]
-            await asyncio.to_thread(lambda: [check_can_sample(self.pool.get(name)) for name in names])
-        return {"checked_models": names}
+            name = self.last_model
+            await asyncio.to_thread(check_can_sample, await self.get_model(name))
+        return {"checked_model": name}

@@ -36,12 +36,12 @@ class BatchingOptions(Strict):
 
 
 class SamplerOptions(Strict):
-    """The sampler deployment: where the models live and the batches run."""
+    """The Serve deployment: its replicas serve the HTTP API, hold the models and run the batches."""
 
     num_replicas: int | None = Field(None, ge=1)  # a fixed count; leave unset to autoscale
     autoscaling_config: dict[str, Any] | None = Field(default_factory=lambda: dict(DEFAULT_AUTOSCALING))
     max_ongoing_requests: int = Field(128, ge=1)  # 2 × max_batch_images: one batch runs while the next fills
-    max_queued_requests: int = Field(64, ge=-1)  # per caller (the ingress); beyond it: 429
+    max_queued_requests: int = Field(64, ge=-1)  # per caller (each HTTP proxy); beyond it: 429
     retry_after_s: float = Field(1.0, ge=0)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float | None = Field(None, ge=0)  # None: one GPU when the cluster has one, else none
@@ -57,23 +57,23 @@ class SamplerOptions(Strict):
         return self
 
 
-class IngressOptions(Strict):
-    """The HTTP ingress deployment: validation, encoding, metrics; it holds no model."""
-
-    num_replicas: int = Field(1, ge=1)
-    max_ongoing_requests: int = Field(256, ge=1)  # it only waits on the sampler: let requests through
-    max_queued_requests: int = Field(256, ge=-1)
-    retry_after_s: float = Field(1.0, ge=0)
-    num_cpus: float = Field(0.1, ge=0)
-
-
 class ServeOptions(Strict):
     models: dict[str, str]  # name → a model.pt or a run directory
     max_samples: int = Field(64, ge=1)  # the most images one request may ask for
     device: str = "auto"
     batching: BatchingOptions = Field(default_factory=BatchingOptions)
     sampler: SamplerOptions = Field(default_factory=SamplerOptions)
-    ingress: IngressOptions = Field(default_factory=IngressOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_ingress(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "ingress" in data:
+            raise ValueError(
+                "`ingress` settings are gone: the service is one deployment, whose replicas serve the HTTP API "
+                "and hold the models (npdraw_serving.deployments); remove the `ingress` section and set replicas, "
+                "queues and CPUs under `sampler`"
+            )
+        return data
 
     @field_validator("models")
     @classmethod

@@ -306,6 +306,8 @@ def test_settings_are_strict_and_teach():
         ServeOptions(models={"a": "x"}, sampler={"max_replica": 3})
     with pytest.raises(ValueError, match="at least one model"):
         ServeOptions(models={})
+    with pytest.raises(ValueError, match="one deployment.*remove the `ingress` section"):  # an older config file
+        ServeOptions.model_validate({"models": {"a": "x"}, "ingress": {"num_cpus": 0.1}})
     assert ServeOptions(models={"a": "x"}, sampler={"num_replicas": 2}).sampler.autoscaling_config is None
     assert serve_options({"models": "a=x.pt,b=runs/b"}).models == {"a": "x.pt", "b": "runs/b"}
 

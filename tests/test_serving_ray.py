@@ -1,6 +1,6 @@
 """The sampling service on a real Ray Serve deployment, local Ray on 2 CPUs, HTTP on loopback only.
 
-One application for the module (Ingress → Sampler, one sampler replica holding one model at a time so
+One application for the module (one Sampler replica serving HTTP and holding one model at a time, so
 that the second model exercises multiplexing and LRU eviction). Bounded: the burst is 40 requests.
 """
 
@@ -53,7 +53,6 @@ def service(tiny_models):  # noqa: F811
             "num_replicas": 1, "num_cpus": 0.5, "max_ongoing_requests": 6, "max_queued_requests": MAX_QUEUED,
             "retry_after_s": 2, "max_models_per_replica": 1,
         },
-        ingress={"num_cpus": 0},
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
@@ -109,7 +108,11 @@ def test_the_studio_page_decode_and_encode_on_serve(service):
 def test_a_second_model_is_multiplexed(service):
     url, _ = service
     a = sample(url, model="a", seed=3, format="npz")
-    b = sample(url, model="b", seed=3, format="npz")  # one model per replica: evicts a
+    # The header is Serve's multiplexed routing (to a replica holding b); the body names the model.
+    b = httpx.post(
+        f"{url}/v1/samples", json={"model": "b", "seed": 3, "format": "npz"},
+        headers={"serve_multiplexed_model_id": "b"}, timeout=120,
+    )  # one model per replica: evicts a
     assert a.status_code == b.status_code == 200
     assert not np.array_equal(images(a), images(b))
     again = sample(url, model="a", seed=3, format="npz")  # loaded again, same image
