@@ -330,22 +330,30 @@ def main() -> None:
                   nll_full_test_set_minutes_two_cores=round(full_minutes / 2, 1))  # fmt: skip
 
     # single-image latency, old and new, same images: a bulk seed (one row), and a per-sample seed (the
-    # serving path: one block of `default_block_size` rows). Each sampler runs in its own block of runs
-    # after a warm-up (alternating them made the faster one pay the other's cache misses).
+    # serving path: one block of `default_block_size` rows). "stepped" is the new sampler with the prior's
+    # one-call loop hidden (each step called from Python). Each sampler runs in its own block of runs after
+    # a warm-up (alternating them made the faster one pay the other's cache misses).
+    from npdraw_core.contracts import stepped_in_python
     from npdraw_core.sampling import generators_for
+
+    def stepped_sample(seed: int, seeded: bool):
+        with stepped_in_python(model.prior):
+            return model.sample(1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed))
 
     identical = True
     for path, runs in (("", args.latency_runs), ("seeded_", max(3, args.latency_runs // 5))):
         seeded = bool(path)
         samplers = {
             "old": lambda seed, seeded=seeded: old_sample(model, seed, seeded=seeded),
+            "stepped": lambda seed, seeded=seeded: stepped_sample(seed, seeded),
             "new": lambda seed, seeded=seeded: model.sample(
                 1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed)
             ),
         }
         outputs: dict[str, list] = {}
         for name, sampler in samplers.items():
-            sampler(10_000)
+            for warm_up in range(3):  # TorchScript optimises a function after its first calls
+                sampler(10_000 + warm_up)
             times, outputs[name] = [], []
             for seed in range(runs):
                 cpu, wall = time.process_time(), time.perf_counter()
@@ -359,7 +367,7 @@ def main() -> None:
                 f"latency_{path}{name}_cpu_ms_p99": round(1000 * percentile(cpu, 0.99), 2),
             })  # fmt: skip
         identical &= all(
-            torch.equal(a, b) for old, new in zip(outputs["old"], outputs["new"], strict=True)
+            torch.equal(a, b) for other in ("stepped", "new") for old, new in zip(outputs["old"], outputs[other], strict=True)
             for a, b in zip(old, new, strict=True)
         )  # fmt: skip
     result["latency_same_images"] = bool(identical)

@@ -12,9 +12,10 @@ trivially "deterministic" or "causal"); parser checks parse seeded images made o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -165,23 +166,41 @@ def check_samples(factory, config, shape: ModelShape, device="cpu") -> None:
 
 
 def check_seeded_determinism(factory, config, shape: ModelShape, device="cpu") -> None:
-    """One seed gives one sample, whichever sampling path (cached or full recompute); another seed differs."""
+    """One seed gives one sample, whichever sampling path (the prior's one-call `sample_steps`, cached
+    steps, or full recompute); another seed differs."""
     prior, bank = build_prior(factory, config, shape, device), contract_bank(shape, device)
 
-    def draw(seed: int, use_cache: bool) -> dict[str, torch.Tensor]:
+    def draw(seed: int, use_cache: bool, one_call: bool = True) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)
-        return sample_latents(prior, bank, shape.grid, 4, generator=generator, use_cache=use_cache).indices()
+        with contextlib.nullcontext() if one_call else stepped_in_python(prior):
+            return sample_latents(prior, bank, shape.grid, 4, generator=generator, use_cache=use_cache).indices()
 
-    first, again, full, other = draw(3, True), draw(3, True), draw(3, False), draw(4, True)
+    first, again, stepped, full = draw(3, True), draw(3, True), draw(3, True, one_call=False), draw(3, False)
+    other = draw(4, True)
     for name in first:
         if not torch.equal(first[name], again[name]):
             raise AssertionError(f"the same seed gave different {name} samples")
+        if not torch.equal(first[name], stepped[name]):
+            raise AssertionError(
+                f"sample_steps gave other {name} samples than stepping the prior for one seed; it must run "
+                "`step` and `draw_step` op for op (or return None)"
+            )
         if not torch.equal(first[name], full[name]):
             raise AssertionError(
                 f"cached and full-recompute sampling gave different {name} samples for one seed"
             )
     if all(torch.equal(first[name], other[name]) for name in first):
         raise AssertionError("two different seeds gave identical samples: the generator is not used")
+
+
+@contextlib.contextmanager
+def stepped_in_python(prior: Prior) -> Iterator[Prior]:
+    """Inside, the sampler steps `prior` in Python (its one-call `sample_steps` hidden): to compare the two."""
+    prior.sample_steps = lambda *args: None  # an instance attribute shadows the method
+    try:
+        yield prior
+    finally:
+        del prior.sample_steps
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from torch import Tensor, nn
 
 from npdraw_core.geometry import Grid
 from npdraw_core.latents import Latents
+
+if TYPE_CHECKING:  # the sampler imports this module
+    from npdraw_core.sampling import StepCanvas
 
 SPLITS = ("train", "valid", "test")
 
@@ -115,6 +118,16 @@ class Prior(nn.Module):
     def step(self, frame: Tensor, state: Any) -> tuple[StepLogits, Any]:
         """Feed frame t (B, C+1, S, S) → logits of z^{t+1} as StepLogits of shapes (B,), (B, M), (B, T)."""
         raise NotImplementedError
+
+    def sample_steps(
+        self, frame: Tensor, state: Any, noise: tuple[Tensor, Tensor, Tensor], canvas: StepCanvas
+    ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Optional: every step of ancestral sampling from a fresh `state` in one call (e.g. one compiled
+        loop), with exactly the numbers of the sampler's own loop: per step t, `step` on the frame, then
+        `npdraw_core.sampling.draw_step(logits…, noise[0][t], noise[1][t], noise[2][t], canvas)`, which
+        draws and gives the next frame. Returns whether / what / where indices (B, T), or None (the
+        default) to let the sampler run that loop in Python."""
+        return None
 
 
 class Encoder(nn.Module):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -231,70 +231,87 @@ def _sample_steps(
     sizes = [batch, channels + 1, side * size, side * size, grid.pad_before, grid.canvas_size]
     first_cell = torch.arange(batch, device=device) * steps
     frame = _frame(layout, sizes)
-    draws, parts, places = [], [], []
-    advance = scripted(_advance)
+    canvas = StepCanvas(
+        cells, layout, first_cell, bank, sizes, temperature, -1 if top_k is None else top_k, prior.uses_frames,
+        prior.union_masks,
+    )  # fmt: skip
     was_training = prior.training
     if any(module.training for module in prior.modules()):  # eval() walks and sets every module: ~1 ms
         prior.eval()
     noise = _Noise(generator, batch, steps, bank.shape[0], device)
     try:
         state = prior.start(batch, use_cache=use_cache)
+        if noise.precomputed:  # the prior may run every step in one call (the same numbers, less overhead)
+            drawn = prior.sample_steps(frame, state, (noise.whether, noise.what, noise.where), canvas)
+            if drawn is not None:
+                return _latents(*drawn, bank_size=bank.shape[0], num_cells=steps)
+        step_draw = scripted(draw_step)
+        draws, parts, places = [], [], []
         for step in range(steps):
             logits, state = prior.step(frame, state)
-            draw, what, where, frame = advance(
-                logits.whether, logits.what, logits.where, *noise.step(step), cells, layout, first_cell, bank,
-                sizes, temperature, -1 if top_k is None else top_k, prior.uses_frames, prior.union_masks,
-            )  # fmt: skip
+            draw, what, where, frame = step_draw(logits.whether, logits.what, logits.where, *noise.step(step), canvas)
             draws.append(draw), parts.append(what), places.append(where)
     finally:
         if was_training:
             prior.train()
-    return Latents.from_indices(
-        whether=torch.stack(draws, dim=1), what=torch.stack(parts, dim=1), where=torch.stack(places, dim=1),
-        bank_size=bank.shape[0], num_cells=steps,
-    )  # fmt: skip
+    return _latents(torch.stack(draws, dim=1), torch.stack(parts, dim=1), torch.stack(places, dim=1),
+                    bank_size=bank.shape[0], num_cells=steps)  # fmt: skip
 
 
-def _advance(
+def _latents(whether: Tensor, what: Tensor, where: Tensor, *, bank_size: int, num_cells: int) -> Latents:
+    return Latents.from_indices(whether=whether, what=what, where=where, bank_size=bank_size, num_cells=num_cells)
+
+
+class StepCanvas(NamedTuple):
+    """What `draw_step` needs besides a step's logits and noise: the frame kept cell by cell on the padded
+    canvas (`cells`, (B·T, C+1, K, K), mask channel last, and `layout`, its fixed view as a canvas; see
+    `_sample_steps`), each sample's first cell row, the bank, the frame's `sizes` (see `_frame`) and the
+    sampling options (top_k -1: none). A NamedTuple, so that compiled code takes it as one argument."""
+
+    cells: Tensor
+    layout: Tensor
+    first_cell: Tensor
+    bank: Tensor
+    sizes: list[int]
+    temperature: float
+    top_k: int
+    uses_frames: bool
+    union_masks: bool
+
+
+def draw_step(
     whether_logits: Tensor,
     what_logits: Tensor,
     where_logits: Tensor,
     u_whether: Tensor,
     gumbel_what: Tensor,
     gumbel_where: Tensor,
-    cells: Tensor,
-    layout: Tensor,
-    first_cell: Tensor,
-    bank: Tensor,
-    sizes: list[int],
-    temperature: float,
-    top_k: int,
-    uses_frames: bool,
-    union_masks: bool,
+    canvas: StepCanvas,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One sampling step after the prior's logits: draw whether / what / where (Gumbel-max with the step's
-    noise, after `scale_logits`; top_k -1: none), paste the part into its cell (c^t = max(c^{t-1},
-    whether · part)), set the mask, and lay out the next frame."""
+    noise, after `scale_logits`), paste the part into its cell (c^t = max(c^{t-1}, whether · part)), set the
+    mask, and lay out the next frame. A prior's `sample_steps` calls it after each of its steps."""
+    temperature, top_k, cells, bank = canvas.temperature, canvas.top_k, canvas.cells, canvas.bank
     whether_logits = _scaled(whether_logits, temperature)
     what_logits = scale_logits(what_logits, temperature=temperature, top_k=None if top_k < 0 else top_k)
     where_logits = scale_logits(where_logits, temperature=temperature, top_k=None if top_k < 0 else top_k)
     draw = u_whether < torch.sigmoid(whether_logits)
     what = (what_logits - gumbel_what).argmax(dim=-1)
     where = (where_logits - gumbel_where).argmax(dim=-1)
-    if not uses_frames:
+    if not canvas.uses_frames:
         return draw, what, where, cells
     channels = bank.shape[1]
     gate = draw.to(bank.dtype).view(-1, 1, 1, 1)
-    rows = first_cell + where
+    rows = canvas.first_cell + where
     cell = cells.index_select(0, rows)  # (B, C+1, K, K)
     cell[:, :channels] = torch.maximum(cell[:, :channels], bank.index_select(0, what) * gate)
-    if union_masks:
+    if canvas.union_masks:
         cell[:, channels:] = torch.maximum(cell[:, channels:], gate)
     else:  # only step t's mask: clear the previous one
         cells[:, channels:] = 0
         cell[:, channels:] = gate
     cells.index_copy_(0, rows, cell)
-    return draw, what, where, _frame(layout, sizes)
+    return draw, what, where, _frame(canvas.layout, canvas.sizes)
 
 
 def _frame(layout: Tensor, sizes: list[int]) -> Tensor:

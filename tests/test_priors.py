@@ -64,6 +64,16 @@ def test_a_prior_whose_latents_shortcut_differs_from_forward_fails_the_contract(
         PRIOR_CHECKS["latents_embedding"](Shifted, SMALL, SHAPE)
 
 
+def test_a_prior_whose_one_call_sampler_differs_from_its_steps_fails_the_contract():
+    class Reversed(TransformerPrior):  # a one-call sampler that draws something else than stepping would
+        def sample_steps(self, frame, state, noise, canvas):
+            drawn = super().sample_steps(frame, state, noise, canvas)
+            return None if drawn is None else tuple(values.flip(0) for values in drawn)
+
+    with pytest.raises(AssertionError, match="sample_steps gave other"):
+        PRIOR_CHECKS["seeded_determinism"](Reversed, SMALL, SHAPE)
+
+
 def test_transformer_uses_the_frame_at_its_own_position():
     prior = build_prior(TransformerPrior, SMALL, SHAPE)
     bank = contract_bank(SHAPE)

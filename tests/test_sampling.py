@@ -175,13 +175,14 @@ def test_the_cached_sampler_embeds_each_frame_once_and_the_full_one_recomputes_t
     prior = build_prior(TransformerPrior, SMALL, MNIST_SHAPE)
     bank, steps = contract_bank(MNIST_SHAPE), MNIST_SHAPE.num_steps
     embedded = []
-    step = transformer.scripted(transformer._step)  # the cached step (eval mode) embeds its frame inside one function
+    step = transformer._step  # the cached step (eval mode) embeds its frame inside one function
 
     def counting(frame, *args):
         embedded.append(len(frame))
         return step(frame, *args)
 
-    monkeypatch.setattr(transformer, "scripted", lambda function: counting)
+    monkeypatch.setattr(transformer, "scripted", lambda function: function)  # eager: the loop looks _step up
+    monkeypatch.setattr(transformer, "_step", counting)
     draw(prior, bank, MNIST_SHAPE.grid, 2, seed=0)
     assert sum(embedded) == 2 * steps  # one position per step
     embedded.clear()

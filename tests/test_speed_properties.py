@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npdraw_core import distributions, posterior
-from npdraw_core.contracts import build_prior, contract_bank
+from npdraw_core.contracts import build_prior, contract_bank, stepped_in_python
 from npdraw_core.distributions import scale_logits
 from npdraw_core.geometry import ModelShape, final_canvas
 from npdraw_core.interfaces import StepLogits
@@ -322,16 +323,23 @@ def assert_same_samples(latents: Latents, reference: dict) -> None:
     seed=st.integers(0, 2**40),
     per_sample=st.booleans(),
     options=st.sampled_from([{}, {"temperature": 0.8}, {"temperature": 1.3, "top_k": 3}]),
+    one_call=st.booleans(),
 )
-def test_the_sampler_gives_the_samples_of_the_sampler_before_issue_11(shape, union_masks, batch, seed, per_sample, options):
-    """The same seeds give the same latents, drawn from the same logits bit for bit."""
+def test_the_sampler_gives_the_samples_of_the_sampler_before_issue_11(
+    shape, union_masks, batch, seed, per_sample, options, one_call
+):
+    """The same seeds give the same latents, drawn from the same logits bit for bit, whether the prior runs
+    every step in one compiled call (`sample_steps`) or the sampler steps it in Python."""
     prior, bank = varied_prior(shape, union_masks), contract_bank(shape)
     seeds = [seed + i for i in range(batch)]
 
     def generator():
         return generators_for(seeds) if per_sample else torch.Generator().manual_seed(seed)
 
-    latents = sample_latents(prior, bank, shape.grid, batch, generator=generator(), block_size=batch, **options)
+    # one call: the step-by-step path must not run
+    path = mock.patch.object(prior, "step", side_effect=AssertionError("stepped")) if one_call else stepped_in_python(prior)
+    with path:
+        latents = sample_latents(prior, bank, shape.grid, batch, generator=generator(), block_size=batch, **options)
     assert_same_samples(latents, reference_sampler(prior, bank, shape.grid, generator(), batch, **options))
 
 
@@ -390,7 +398,7 @@ def test_sampling_falls_back_to_the_plain_step_without_torchscript(monkeypatch):
     monkeypatch.setattr(torch.jit, "script", unavailable)
     try:
         assert scripted(transformer._step) is transformer._step
-        assert scripted(sampling._advance) is sampling._advance
+        assert scripted(sampling.draw_step) is sampling.draw_step
         shape = SHAPES[3]
         prior, bank = varied_prior(shape, True), contract_bank(shape)
         latents = sample_latents(prior, bank, shape.grid, 2, generator=torch.Generator().manual_seed(3))

@@ -21,7 +21,9 @@ also get the frame embedding's input gradient from the same local changes.
 
 Sampling one image runs ~130 small ops per step, so the eval-mode cached step is one function over
 parameter views (`_step`: the modules' ops one for one, hence the same numbers), run under TorchScript
-where available.
+where available; `sample_steps` runs it with the sampler's `draw_step` for all T steps in one compiled loop
+(`_sample_loop`), which saves the Python between steps (~20% of one image's sampling time) and holds no
+GIL while a server's batch runs.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from npdraw_core.geometry import Grid, ModelShape
 from npdraw_core.hookspecs import hookimpl
 from npdraw_core.interfaces import Prior, StepLogits
 from npdraw_core.latents import Latents
+from npdraw_core.sampling import StepCanvas, draw_step
 from npdraw_core.torchscript import scripted
 from npdraw_plugins.priors.frame_changes import (
     FramesEmbedding,
@@ -219,6 +222,36 @@ def _step(
     what = F.linear(F.relu(F.linear(hidden, heads[6], heads[7])), heads[8], heads[9])
     where = F.linear(F.relu(F.linear(hidden, heads[10], heads[11])), heads[12], heads[13])
     return whether.squeeze(-1), what, where
+
+
+def _sample_loop(
+    frame: Tensor,
+    inputs: list[Tensor],
+    embedding: list[Tensor],
+    layers: list[list[Tensor]],
+    heads: list[Tensor],
+    num_heads: int,
+    head_dim: int,
+    query_scale: float,
+    norm_eps: list[float],
+    u_whether: Tensor,
+    gumbel_what: Tensor,
+    gumbel_where: Tensor,
+    canvas: StepCanvas,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`_step` then `draw_step` for every step: the sampler's Python loop, op for op, as one function."""
+    draws, parts, places = [], [], []
+    for position in range(u_whether.shape[0]):
+        whether, what, where = _step(
+            frame, position, inputs, embedding, layers, heads, num_heads, head_dim, query_scale, norm_eps
+        )
+        draw, part, place, frame = draw_step(
+            whether, what, where, u_whether[position], gumbel_what[position], gumbel_where[position], canvas
+        )
+        draws.append(draw)
+        parts.append(part)
+        places.append(place)
+    return torch.stack(draws, dim=1), torch.stack(parts, dim=1), torch.stack(places, dim=1)
 
 
 def _head(d_model: int, hidden: int, outputs: int) -> nn.Module:
@@ -412,6 +445,20 @@ class TransformerPrior(Prior):
             self.config.num_heads, self.config.head_dim, self._query_scale(), weights.norm_eps,
         )  # fmt: skip
         return StepLogits(whether, what, where), following
+
+    def sample_steps(
+        self, frame: Tensor, state: KeyValueCache | PrefixState, noise: tuple[Tensor, Tensor, Tensor], canvas: StepCanvas
+    ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """All steps in one call of `_sample_loop` (the eval-mode cached step); None otherwise."""
+        if not isinstance(state, KeyValueCache) or self.training or state.weights is None or state.length:
+            return None
+        if noise[0].shape[0] > self.num_steps:
+            raise ValueError(f"the prior was built for {self.num_steps} steps but the sampler asks for {noise[0].shape[0]}")
+        weights = state.weights
+        return scripted(_sample_loop)(
+            frame, state.inputs, weights.embedding, weights.layers, weights.heads, self.config.num_heads,
+            self.config.head_dim, self._query_scale(), weights.norm_eps, *noise, canvas,
+        )  # fmt: skip
 
     def _query_scale(self) -> float:
         """What the cached step multiplies W_kᵀq by: head_dim^-½, or 1 where that is a power of two (then
