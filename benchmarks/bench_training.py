@@ -3,6 +3,8 @@ process with a fixed thread count. Prints ONE JSON line.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py            # demo sizes, 1 thread
     .venv/bin/python benchmarks/bench_training.py --threads 2 --nll-images 50  # quicker, 2 threads
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py --sections latency --parse-images 0 \
+        --num-patches 0 --latency-runs 200                                     # sampling latency only
 
 Demo sizes (configs/demo.yaml): K=5, M=50, T=36, prior d_model 64 / depth 4, conv encoder/decoder with 32
 channels, batch 100 (prior pre-training: 64). The bank is FasterPAM on 10,000 patches of the MNIST training
@@ -194,6 +196,8 @@ def main() -> None:
     options.add_argument("--latency-runs", type=int, default=50)
     options.add_argument("--parse-images", type=int, default=60000, help="0 skips the parse measurement")
     options.add_argument("--num-patches", type=int, default=10000, help="0 skips the bank measurement")
+    options.add_argument("--sections", nargs="+", choices=["training", "nll", "latency"],
+                         default=["training", "nll", "latency"], help="which model measurements to run")
     args = options.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -266,111 +270,114 @@ def main() -> None:
     settings = dict(reg_weight=50.0, temperature=1.0)
     repeats = args.repeats
 
-    # VAE training step (forward + backward), prior frozen
-    model.train()
-    step_generator = torch.Generator().manual_seed(1)
+    if "training" in args.sections:
+        # VAE training step (forward + backward), prior frozen
+        model.train()
+        step_generator = torch.Generator().manual_seed(1)
 
-    def vae_old():
-        old_loss(model, binary, parse, generator=step_generator, **settings).backward()
+        def vae_old():
+            old_loss(model, binary, parse, generator=step_generator, **settings).backward()
 
-    def vae_new():
-        model.loss(binary, parse, generator=step_generator, **settings).loss.backward()
+        def vae_new():
+            model.loss(binary, parse, generator=step_generator, **settings).loss.backward()
 
-    def bare():
-        q = model.encode(binary)
-        out = model.decode(model.render(parse))
-        (q.what.sum() + q.where.sum() + q.whether.sum() + model.output.log_prob(out, binary).sum()).backward()
+        def bare():
+            q = model.encode(binary)
+            out = model.decode(model.render(parse))
+            (q.what.sum() + q.where.sum() + q.whether.sum() + model.output.log_prob(out, binary).sum()).backward()
 
-    n = args.batch_size
-    result.update(figures("vae_step", n, side_by_side(vae_old, vae_new, repeats)))
-    result["encoder_decoder_images_per_s"] = round(n / median_seconds(bare, repeats)[0], 1)
+        n = args.batch_size
+        result.update(figures("vae_step", n, side_by_side(vae_old, vae_new, repeats)))
+        result["encoder_decoder_images_per_s"] = round(n / median_seconds(bare, repeats)[0], 1)
 
-    # prior pass alone (no gradients), batch 100
-    with torch.no_grad():
-        times = side_by_side(lambda: old_prior_logits(model, parse), lambda: model.prior_logits(parse), repeats)
-    result.update(figures("prior_pass", n, times))
+        # prior pass alone (no gradients), batch 100
+        with torch.no_grad():
+            times = side_by_side(lambda: old_prior_logits(model, parse), lambda: model.prior_logits(parse), repeats)
+        result.update(figures("prior_pass", n, times))
 
-    # prior pre-training step (forward + backward into the prior's weights, dropout on), batch 64
-    trainable = prior_from_config(config, shape, registry).train()
-    small = parse[: args.prior_batch_size]
+        # prior pre-training step (forward + backward into the prior's weights, dropout on), batch 64
+        trainable = prior_from_config(config, shape, registry).train()
+        small = parse[: args.prior_batch_size]
 
-    def prior_step(logits_of):
-        trainable.zero_grad(set_to_none=True)
-        (-distributions.log_prob(logits_of(), small)).mean().backward()
+        def prior_step(logits_of):
+            trainable.zero_grad(set_to_none=True)
+            (-distributions.log_prob(logits_of(), small)).mean().backward()
 
-    from npdraw_core.latents import prior_frames
+        from npdraw_core.latents import prior_frames
 
-    times = side_by_side(
-        lambda: prior_step(lambda: old_transformer(trainable, prior_frames(small, bank, grid))),
-        lambda: prior_step(lambda: trainable.logits_from_latents(small, bank, grid)),
-        repeats,
-    )
-    result.update(figures("prior_step", small.batch_size, times))
-
-    # NLL bound, 50 importance samples
-    model.eval()
-    test = canvas_images(dataset.load("test"), 28)[: args.nll_images]
-    test = (test > torch.rand(test.shape, generator=torch.Generator().manual_seed(2))).float()
-    samples = args.nll_samples
-    with torch.no_grad():
         times = side_by_side(
-            lambda: old_bound(model, test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
-            lambda: model.log_likelihood_bound(test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
-            max(1, repeats // 2),
+            lambda: prior_step(lambda: old_transformer(trainable, prior_frames(small, bank, grid))),
+            lambda: prior_step(lambda: trainable.logits_from_latents(small, bank, grid)),
+            repeats,
         )
-        same = torch.allclose(
-            old_bound(model, test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
-            model.log_likelihood_bound(test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
-            rtol=1e-5, atol=1e-3,
-        )  # fmt: skip
-    k = len(test)
-    result.update(figures("nll", k, times))
-    full_minutes = 10000 / (k / times["new"][0]) / 60
-    result.update(nll_same_bound=bool(same), nll_samples=samples, nll_full_test_set_cpu_minutes_new=round(full_minutes, 1),
-                  nll_full_test_set_minutes_two_cores=round(full_minutes / 2, 1))  # fmt: skip
+        result.update(figures("prior_step", small.batch_size, times))
 
-    # single-image latency, old and new, same images: a bulk seed (one row), and a per-sample seed (the
-    # serving path: one block of `default_block_size` rows). "stepped" is the new sampler with the prior's
-    # one-call loop hidden (each step called from Python). Each sampler runs in its own block of runs after
-    # a warm-up (alternating them made the faster one pay the other's cache misses).
-    from npdraw_core.contracts import stepped_in_python
-    from npdraw_core.sampling import generators_for
+    model.eval()
+    if "nll" in args.sections:
+        # NLL bound, 50 importance samples
+        test = canvas_images(dataset.load("test"), 28)[: args.nll_images]
+        test = (test > torch.rand(test.shape, generator=torch.Generator().manual_seed(2))).float()
+        samples = args.nll_samples
+        with torch.no_grad():
+            times = side_by_side(
+                lambda: old_bound(model, test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
+                lambda: model.log_likelihood_bound(test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
+                max(1, repeats // 2),
+            )
+            same = torch.allclose(
+                old_bound(model, test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
+                model.log_likelihood_bound(test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
+                rtol=1e-5, atol=1e-3,
+            )  # fmt: skip
+        k = len(test)
+        result.update(figures("nll", k, times))
+        full_minutes = 10000 / (k / times["new"][0]) / 60
+        result.update(nll_same_bound=bool(same), nll_samples=samples, nll_full_test_set_cpu_minutes_new=round(full_minutes, 1),
+                      nll_full_test_set_minutes_two_cores=round(full_minutes / 2, 1))  # fmt: skip
 
-    def stepped_sample(seed: int, seeded: bool):
-        with stepped_in_python(model.prior):
-            return model.sample(1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed))
+    if "latency" in args.sections:
+        # single-image latency, old and new, same images: a bulk seed (one row), and a per-sample seed (the
+        # serving path: one block of `default_block_size` rows). "stepped" is the new sampler with the prior's
+        # one-call loop hidden (each step called from Python). Each sampler runs in its own block of runs after
+        # a warm-up (alternating them made the faster one pay the other's cache misses).
+        from npdraw_core.contracts import stepped_in_python
+        from npdraw_core.sampling import generators_for
 
-    identical = True
-    for path, runs in (("", args.latency_runs), ("seeded_", max(3, args.latency_runs // 5))):
-        seeded = bool(path)
-        samplers = {
-            "old": lambda seed, seeded=seeded: old_sample(model, seed, seeded=seeded),
-            "stepped": lambda seed, seeded=seeded: stepped_sample(seed, seeded),
-            "new": lambda seed, seeded=seeded: model.sample(
-                1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed)
-            ),
-        }
-        outputs: dict[str, list] = {}
-        for name, sampler in samplers.items():
-            for warm_up in range(3):  # TorchScript optimises a function after its first calls
-                sampler(10_000 + warm_up)
-            times, outputs[name] = [], []
-            for seed in range(runs):
-                cpu, wall = time.process_time(), time.perf_counter()
-                outputs[name].append(sampler(seed)[:2])
-                times.append((time.process_time() - cpu, time.perf_counter() - wall))
-            cpu, wall = [t[0] for t in times], [t[1] for t in times]
-            result.update({
-                f"latency_{path}{name}_ms_p50": round(1000 * percentile(wall, 0.5), 2),
-                f"latency_{path}{name}_ms_p99": round(1000 * percentile(wall, 0.99), 2),
-                f"latency_{path}{name}_cpu_ms_p50": round(1000 * percentile(cpu, 0.5), 2),
-                f"latency_{path}{name}_cpu_ms_p99": round(1000 * percentile(cpu, 0.99), 2),
-            })  # fmt: skip
-        identical &= all(
-            torch.equal(a, b) for other in ("stepped", "new") for old, new in zip(outputs["old"], outputs[other], strict=True)
-            for a, b in zip(old, new, strict=True)
-        )  # fmt: skip
-    result["latency_same_images"] = bool(identical)
+        def stepped_sample(seed: int, seeded: bool):
+            with stepped_in_python(model.prior):
+                return model.sample(1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed))
+
+        identical = True
+        for path, runs in (("", args.latency_runs), ("seeded_", max(3, args.latency_runs // 5))):
+            seeded = bool(path)
+            samplers = {
+                "old": lambda seed, seeded=seeded: old_sample(model, seed, seeded=seeded),
+                "stepped": lambda seed, seeded=seeded: stepped_sample(seed, seeded),
+                "new": lambda seed, seeded=seeded: model.sample(
+                    1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed)
+                ),
+            }
+            outputs: dict[str, list] = {}
+            for name, sampler in samplers.items():
+                for warm_up in range(3):  # TorchScript optimises a function after its first calls
+                    sampler(10_000 + warm_up)
+                times, outputs[name] = [], []
+                for seed in range(runs):
+                    cpu, wall = time.process_time(), time.perf_counter()
+                    outputs[name].append(sampler(seed)[:2])
+                    times.append((time.process_time() - cpu, time.perf_counter() - wall))
+                cpu, wall = [t[0] for t in times], [t[1] for t in times]
+                result.update({
+                    f"latency_{path}{name}_ms_p50": round(1000 * percentile(wall, 0.5), 2),
+                    f"latency_{path}{name}_ms_p99": round(1000 * percentile(wall, 0.99), 2),
+                    f"latency_{path}{name}_cpu_ms_p50": round(1000 * percentile(cpu, 0.5), 2),
+                    f"latency_{path}{name}_cpu_ms_p99": round(1000 * percentile(cpu, 0.99), 2),
+                })  # fmt: skip
+            identical &= all(
+                torch.equal(a, b) for other in ("stepped", "new") for old, new in zip(outputs["old"], outputs[other], strict=True)
+                for a, b in zip(old, new, strict=True)
+            )  # fmt: skip
+        result["latency_same_images"] = bool(identical)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result), flush=True)
 
