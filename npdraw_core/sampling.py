@@ -241,25 +241,26 @@ def _sample_steps(
     noise = _Noise(generator, batch, steps, bank.shape[0], device)
     try:
         state = prior.start(batch, use_cache=use_cache)
+        drawn = None
         if noise.precomputed:  # the prior may run every step in one call (the same numbers, less overhead)
             drawn = prior.sample_steps(frame, state, (noise.whether, noise.what, noise.where), canvas)
-            if drawn is not None:
-                return _latents(*drawn, bank_size=bank.shape[0], num_cells=steps)
-        step_draw = scripted(draw_step)
-        draws, parts, places = [], [], []
-        for step in range(steps):
-            logits, state = prior.step(frame, state)
-            draw, what, where, frame = step_draw(logits.whether, logits.what, logits.where, *noise.step(step), canvas)
-            draws.append(draw), parts.append(what), places.append(where)
+        if drawn is None:
+            step_draw = scripted(draw_step)
+            draws, parts, places = [], [], []
+            for step in range(steps):
+                logits, state = prior.step(frame, state)
+                draw, what, where, frame = step_draw(
+                    logits.whether, logits.what, logits.where, *noise.step(step), canvas
+                )
+                draws.append(draw), parts.append(what), places.append(where)
+            drawn = torch.stack(draws, dim=1), torch.stack(parts, dim=1), torch.stack(places, dim=1)
     finally:
         if was_training:
             prior.train()
-    return _latents(torch.stack(draws, dim=1), torch.stack(parts, dim=1), torch.stack(places, dim=1),
-                    bank_size=bank.shape[0], num_cells=steps)  # fmt: skip
-
-
-def _latents(whether: Tensor, what: Tensor, where: Tensor, *, bank_size: int, num_cells: int) -> Latents:
-    return Latents.from_indices(whether=whether, what=what, where=where, bank_size=bank_size, num_cells=num_cells)
+    whether, what, where = drawn
+    return Latents.from_indices(
+        whether=whether, what=what, where=where, bank_size=bank.shape[0], num_cells=steps
+    )
 
 
 class StepCanvas(NamedTuple):

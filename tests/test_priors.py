@@ -101,6 +101,9 @@ def test_transformer_rejects_more_frames_than_steps():
     prior = TransformerPrior(SMALL, shape=SHAPE)
     with pytest.raises(ValueError, match="built for 9 steps"):
         prior(torch.zeros(1, 10, 2, 12, 12))
+    noise = (torch.zeros(10, 1), torch.zeros(10, 1, SHAPE.bank_size), torch.zeros(10, 1, 10))  # 10 steps' noise
+    with pytest.raises(ValueError, match="built for 9 steps"):
+        prior.eval().sample_steps(torch.zeros(1, 2, 12, 12), prior.start(1), noise, canvas=None)
 
 
 def test_dropout_is_active_in_training_mode_only():

@@ -447,13 +447,20 @@ class TransformerPrior(Prior):
         return StepLogits(whether, what, where), following
 
     def sample_steps(
-        self, frame: Tensor, state: KeyValueCache | PrefixState, noise: tuple[Tensor, Tensor, Tensor], canvas: StepCanvas
+        self,
+        frame: Tensor,
+        state: KeyValueCache | PrefixState,
+        noise: tuple[Tensor, Tensor, Tensor],
+        canvas: StepCanvas,
     ) -> tuple[Tensor, Tensor, Tensor] | None:
         """All steps in one call of `_sample_loop` (the eval-mode cached step); None otherwise."""
         if not isinstance(state, KeyValueCache) or self.training or state.weights is None or state.length:
             return None
         if noise[0].shape[0] > self.num_steps:
-            raise ValueError(f"the prior was built for {self.num_steps} steps but the sampler asks for {noise[0].shape[0]}")
+            raise ValueError(
+                f"the prior was built for {self.num_steps} steps but the sampler asks for {noise[0].shape[0]}; "
+                "check that model.patch_size and model.canvas_size match the ones it was trained with"
+            )
         weights = state.weights
         return scripted(_sample_loop)(
             frame, state.inputs, weights.embedding, weights.layers, weights.heads, self.config.num_heads,
