@@ -379,11 +379,20 @@ def test_the_compiled_step_computes_the_numbers_of_the_module_step(batch, head_d
         for position in range(shape.num_steps):
             logits, state = prior.step(frames[:, position], state)
             expected = reference_step(prior, frames[:, position], inputs, position)
-            eager = transformer._step(frames[:, position], position, plain, weights.embedding, weights.layers,
-                                      weights.heads, 2, head_dim, prior._query_scale(), weights.norm_eps)  # fmt: skip
+            eager = transformer._step(frames[:, position], position, plain, weights)
             for name, value in zip(("whether", "what", "where"), eager, strict=True):
                 assert torch.equal(getattr(logits, name), getattr(expected, name)), (position, name)
                 assert torch.equal(value, getattr(expected, name)), (position, name)
+
+
+def test_the_sampling_functions_compile():
+    """`scripted` falls back to Python silently (correct, but the speed is gone): these must compile here."""
+    import npdraw_core.sampling as sampling
+    import npdraw_plugins.priors.transformer as transformer
+    from npdraw_core.torchscript import scripted
+
+    for function in (transformer._step, transformer._sample_loop, sampling.draw_step):
+        assert isinstance(scripted(function), torch.jit.ScriptFunction), function.__name__
 
 
 def test_sampling_falls_back_to_the_plain_step_without_torchscript(monkeypatch):
@@ -399,6 +408,7 @@ def test_sampling_falls_back_to_the_plain_step_without_torchscript(monkeypatch):
     try:
         assert scripted(transformer._step) is transformer._step
         assert scripted(sampling.draw_step) is sampling.draw_step
+        assert scripted(transformer._sample_loop) is transformer._sample_loop
         shape = SHAPES[3]
         prior, bank = varied_prior(shape, True), contract_bank(shape)
         latents = sample_latents(prior, bank, shape.grid, 2, generator=torch.Generator().manual_seed(3))

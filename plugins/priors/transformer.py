@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +85,7 @@ class KeyValueCache:
 
     inputs: list[Tensor]  # per layer (B, T, d_model)
     length: int = 0
-    weights: _StepWeights | None = None  # the eval-mode step's weights (see `_step_weights`)
+    weights: StepWeights | None = None  # the eval-mode step's weights (see `_step_weights`)
 
 
 @dataclass
@@ -174,49 +175,45 @@ class Block(nn.Module):
         return x + self._mlp(self.mlp_norm(x))
 
 
-@dataclass
-class _StepWeights:
+class StepWeights(NamedTuple):
+    """The eval-mode step's weights as flat lists of parameter views, and the attention's shape (a NamedTuple:
+    compiled code takes it as one argument)."""
+
     embedding: list[Tensor]  # conv weight, conv bias, linear weight, linear bias, positions
     layers: list[list[Tensor]]  # per block, in the order `_step` reads them
     heads: list[Tensor]  # final norm, then (first weight, bias, last weight, bias) of whether, what, where
     norm_eps: list[float]  # attention norms, MLP norms, final norm
+    num_heads: int
+    head_dim: int
+    query_scale: float  # what W_kᵀq is multiplied by (see `TransformerPrior._query_scale`)
 
 
-def _step(
-    frame: Tensor,
-    position: int,
-    inputs: list[Tensor],
-    embedding: list[Tensor],
-    layers: list[list[Tensor]],
-    heads: list[Tensor],
-    num_heads: int,
-    head_dim: int,
-    query_scale: float,
-    norm_eps: list[float],
-) -> tuple[Tensor, Tensor, Tensor]:
+def _step(frame: Tensor, position: int, inputs: list[Tensor], weights: StepWeights) -> tuple[Tensor, Tensor, Tensor]:
     """The eval-mode cached step: `_embed`, `Block.step` and `_heads` op for op (so the same numbers),
     as one function over parameter views. Sampling one image is ~130 small ops per step, and module
     dispatch cost more than the arithmetic; TorchScript (`scripted(_step)`) runs the same ops for less."""
+    embedding, layers, heads, norm_eps = weights.embedding, weights.layers, weights.heads, weights.norm_eps
+    num_heads, head_dim, query_scale = weights.num_heads, weights.head_dim, weights.query_scale
     hidden = F.linear(F.relu(F.conv2d(frame, embedding[0], embedding[1], [2, 2], [1, 1])).flatten(1),
                       embedding[2], embedding[3]) + embedding[4][position]  # fmt: skip
     shape = [hidden.shape[-1]]
     depth = len(layers)
     for index in range(depth):
-        weights, cache = layers[index], inputs[index]
-        normed = F.layer_norm(hidden, shape, weights[0], weights[1], norm_eps[index])
+        layer, cache = layers[index], inputs[index]
+        normed = F.layer_norm(hidden, shape, layer[0], layer[1], norm_eps[index])
         cache[:, position] = normed
         past = cache[:, : position + 1]
-        query = F.linear(normed, weights[2], weights[3]).view(-1, num_heads, head_dim)
+        query = F.linear(normed, layer[2], layer[3]).view(-1, num_heads, head_dim)
         # the batched matmuls torch.einsum runs for "bhe,hed->bhd" and "bhd,hed->bhe" in CausalSelfAttention.step
-        query = torch.bmm(query.transpose(0, 1), weights[4]).transpose(0, 1)
+        query = torch.bmm(query.transpose(0, 1), layer[4]).transpose(0, 1)
         if query_scale != 1.0:
             query = query * query_scale
         attention = torch.bmm(query, past.transpose(1, 2)).softmax(dim=-1)
         mixed = torch.bmm(attention, past)
-        values = torch.bmm(mixed.transpose(0, 1), weights[5]).transpose(0, 1).flatten(1) + weights[6]
-        hidden = hidden + F.linear(values, weights[7], weights[8])
-        normed = F.layer_norm(hidden, shape, weights[9], weights[10], norm_eps[depth + index])
-        hidden = hidden + F.linear(F.gelu(F.linear(normed, weights[11], weights[12])), weights[13], weights[14])
+        values = torch.bmm(mixed.transpose(0, 1), layer[5]).transpose(0, 1).flatten(1) + layer[6]
+        hidden = hidden + F.linear(values, layer[7], layer[8])
+        normed = F.layer_norm(hidden, shape, layer[9], layer[10], norm_eps[depth + index])
+        hidden = hidden + F.linear(F.gelu(F.linear(normed, layer[11], layer[12])), layer[13], layer[14])
     hidden = F.layer_norm(hidden, shape, heads[0], heads[1], norm_eps[2 * depth])
     whether = F.linear(F.relu(F.linear(hidden, heads[2], heads[3])), heads[4], heads[5])
     what = F.linear(F.relu(F.linear(hidden, heads[6], heads[7])), heads[8], heads[9])
@@ -227,13 +224,7 @@ def _step(
 def _sample_loop(
     frame: Tensor,
     inputs: list[Tensor],
-    embedding: list[Tensor],
-    layers: list[list[Tensor]],
-    heads: list[Tensor],
-    num_heads: int,
-    head_dim: int,
-    query_scale: float,
-    norm_eps: list[float],
+    weights: StepWeights,
     u_whether: Tensor,
     gumbel_what: Tensor,
     gumbel_where: Tensor,
@@ -242,9 +233,7 @@ def _sample_loop(
     """`_step` then `draw_step` for every step: the sampler's Python loop, op for op, as one function."""
     draws, parts, places = [], [], []
     for position in range(u_whether.shape[0]):
-        whether, what, where = _step(
-            frame, position, inputs, embedding, layers, heads, num_heads, head_dim, query_scale, norm_eps
-        )
+        whether, what, where = _step(frame, position, inputs, weights)
         draw, part, place, frame = draw_step(
             whether, what, where, u_whether[position], gumbel_what[position], gumbel_where[position], canvas
         )
@@ -439,11 +428,7 @@ class TransformerPrior(Prior):
                 f"the prior was built for {self.num_steps} steps but got frames up to position {position + 1}; "
                 "check that model.patch_size and model.canvas_size match the ones it was trained with"
             )
-        weights = state.weights
-        whether, what, where = scripted(_step)(
-            frame, position, state.inputs, weights.embedding, weights.layers, weights.heads,
-            self.config.num_heads, self.config.head_dim, self._query_scale(), weights.norm_eps,
-        )  # fmt: skip
+        whether, what, where = scripted(_step)(frame, position, state.inputs, state.weights)
         return StepLogits(whether, what, where), following
 
     def sample_steps(
@@ -461,11 +446,7 @@ class TransformerPrior(Prior):
                 f"the prior was built for {self.num_steps} steps but the sampler asks for {noise[0].shape[0]}; "
                 "check that model.patch_size and model.canvas_size match the ones it was trained with"
             )
-        weights = state.weights
-        return scripted(_sample_loop)(
-            frame, state.inputs, weights.embedding, weights.layers, weights.heads, self.config.num_heads,
-            self.config.head_dim, self._query_scale(), weights.norm_eps, *noise, canvas,
-        )  # fmt: skip
+        return scripted(_sample_loop)(frame, state.inputs, state.weights, *noise, canvas)
 
     def _query_scale(self) -> float:
         """What the cached step multiplies W_kᵀq by: head_dim^-½, or 1 where that is a power of two (then
@@ -473,7 +454,7 @@ class TransformerPrior(Prior):
         scale = self.config.head_dim**-0.5
         return 1.0 if math.frexp(scale)[0] == 0.5 else scale
 
-    def _step_weights(self) -> _StepWeights:
+    def _step_weights(self) -> StepWeights:
         """The eval-mode step's weights as flat lists of parameter views, taken once per sampling run."""
         conv, linear = self.frame_embedding[0], self.frame_embedding[3]
         layers = []
@@ -494,11 +475,14 @@ class TransformerPrior(Prior):
         for head in (self.whether_head, self.what_head, self.where_head):
             heads += [head[0].weight, head[0].bias, head[2].weight, head[2].bias]
         norms = [block.attention_norm.eps for block in self.blocks] + [block.mlp_norm.eps for block in self.blocks]
-        return _StepWeights(
+        return StepWeights(
             embedding=[conv.weight, conv.bias, linear.weight, linear.bias, self.positions],
             layers=layers,
             heads=heads,
             norm_eps=norms + [self.final_norm.eps],
+            num_heads=self.config.num_heads,
+            head_dim=self.config.head_dim,
+            query_scale=self._query_scale(),
         )
 
     def _geometry(self, grid: Grid, device: torch.device) -> WindowGeometry:
