@@ -5,7 +5,8 @@
 
 1. Batching on vs off, one sampler replica: closed-loop clients (each sends a 1-image PNG request, waits,
    sends the next) at each concurrency for `--duration` seconds, at most `--max-requests` requests per
-   level; in-flight requests are then awaited. Reports images/s and p50/p99 latency of completed requests.
+   level; in-flight requests are then awaited. Reports images/s and p50/p99 latency of completed requests,
+   and how many responses came from model calls of each size (the X-Npdraw-Batch-Images header).
 2. Autoscaling (1 → 2 replicas and back): `--scale-load` seconds of load at the highest concurrency, then
    `--scale-idle` seconds idle; the replica count is sampled every second (time series in the JSON, and
    a PNG with --plot).
@@ -44,6 +45,7 @@ async def closed_loop(url: str, concurrency: int, duration: float, max_requests:
 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    batches: dict[int, int] = {}  # images in the model call that answered a request → responses
     issued = 0
     stop_at = time.perf_counter() + duration
 
@@ -57,6 +59,8 @@ async def closed_loop(url: str, concurrency: int, duration: float, max_requests:
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code == 200:
                 latencies.append(time.perf_counter() - start)
+                batch = int(response.headers.get("x-npdraw-batch-images", 0))
+                batches[batch] = batches.get(batch, 0) + 1
 
     start = time.perf_counter()
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -71,6 +75,9 @@ async def closed_loop(url: str, concurrency: int, duration: float, max_requests:
         "images_per_s": round(len(latencies) / elapsed, 2),
         "p50_s": _round(percentile(latencies, 0.5)),
         "p99_s": _round(percentile(latencies, 0.99)),
+        # e.g. {"27": 378, "5": 70}: closed-loop clients return in waves, and each wave's first few requests
+        # may start a small batch before the rest arrive
+        "responses_by_batch_images": {str(k): v for k, v in sorted(batches.items())},
     }
 
 
