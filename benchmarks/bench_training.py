@@ -343,9 +343,12 @@ def main() -> None:
         from npdraw_core.contracts import stepped_in_python
         from npdraw_core.sampling import generators_for
 
+        def new_sample(seed: int, seeded: bool):
+            return model.sample(1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed))
+
         def stepped_sample(seed: int, seeded: bool):
             with stepped_in_python(model.prior):
-                return model.sample(1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed))
+                return new_sample(seed, seeded)
 
         identical = True
         for path, runs in (("", args.latency_runs), ("seeded_", max(3, args.latency_runs // 5))):
@@ -353,9 +356,7 @@ def main() -> None:
             samplers = {
                 "old": lambda seed, seeded=seeded: old_sample(model, seed, seeded=seeded),
                 "stepped": lambda seed, seeded=seeded: stepped_sample(seed, seeded),
-                "new": lambda seed, seeded=seeded: model.sample(
-                    1, generator=generators_for([seed]) if seeded else torch.Generator().manual_seed(seed)
-                ),
+                "new": lambda seed, seeded=seeded: new_sample(seed, seeded),
             }
             outputs: dict[str, list] = {}
             for name, sampler in samplers.items():

@@ -274,13 +274,17 @@ class TransformerPrior(Prior):
     def _embed(self, frames: Tensor, first_position: int) -> Tensor:
         """frames (B, L, C+1, S, S) → token embeddings (B, L, d_model) for positions first..first+L-1."""
         batch, length = frames.shape[:2]
-        if first_position + length > self.num_steps:
-            raise ValueError(
-                f"the prior was built for {self.num_steps} steps but got frames up to position {first_position + length}; "
-                "check that model.patch_size and model.canvas_size match the ones it was trained with"
-            )
+        self._check_steps(first_position + length)
         tokens = self.frame_embedding(frames.flatten(0, 1)).view(batch, length, -1)
         return _dropout(tokens + self.positions[first_position : first_position + length], self.config.dropout, self.training)
+
+    def _check_steps(self, needed: int) -> None:
+        """A teaching error when more steps are asked of the prior than it has positions for."""
+        if needed > self.num_steps:
+            raise ValueError(
+                f"the prior was built for {self.num_steps} steps but got {needed}; check that model.patch_size "
+                "and model.canvas_size match the ones it was trained with"
+            )
 
     def _heads(self, hidden: Tensor) -> StepLogits:
         hidden = self.final_norm(hidden)
@@ -331,8 +335,7 @@ class TransformerPrior(Prior):
         """The embeddings and, with `activity`, which conv outputs of every frame are positive (the ReLU's
         derivative), (T, E·O², B) in the Linear's column order (see `frame_activity`)."""
         batch, steps = latents.batch_size, latents.num_steps
-        if steps > self.num_steps:
-            raise ValueError(f"the prior was built for {self.num_steps} steps but got {steps} latent steps")
+        self._check_steps(steps)
         conv, linear = self.frame_embedding[0], self.frame_embedding[3]
         side, channels = grid.canvas_size, bank.shape[1]
         first = self.frame_embedding(bank.new_zeros(1, channels + 1, side, side))  # frame 0: all zeros
@@ -423,11 +426,7 @@ class TransformerPrior(Prior):
             for block, inputs in zip(self.blocks, state.inputs, strict=True):
                 hidden = block.step(hidden, inputs, position)
             return self._heads(hidden), following
-        if position >= self.num_steps:
-            raise ValueError(
-                f"the prior was built for {self.num_steps} steps but got frames up to position {position + 1}; "
-                "check that model.patch_size and model.canvas_size match the ones it was trained with"
-            )
+        self._check_steps(position + 1)
         whether, what, where = scripted(_step)(frame, position, state.inputs, state.weights)
         return StepLogits(whether, what, where), following
 
@@ -441,11 +440,7 @@ class TransformerPrior(Prior):
         """All steps in one call of `_sample_loop` (the eval-mode cached step); None otherwise."""
         if not isinstance(state, KeyValueCache) or self.training or state.weights is None or state.length:
             return None
-        if noise[0].shape[0] > self.num_steps:
-            raise ValueError(
-                f"the prior was built for {self.num_steps} steps but the sampler asks for {noise[0].shape[0]}; "
-                "check that model.patch_size and model.canvas_size match the ones it was trained with"
-            )
+        self._check_steps(noise[0].shape[0])
         return scripted(_sample_loop)(frame, state.inputs, state.weights, *noise, canvas)
 
     def _query_scale(self) -> float:
