@@ -26,12 +26,15 @@ def distance_matrix(points: np.ndarray, *, dtype: type, max_mib: float, block: i
     """Euclidean distances (N, N) between the rows of `points` (N, D), stored as `dtype`: exactly
     symmetric, with exact zeros on the diagonal.
 
-    Each squared distance is torch.cdist's matmul form in float64, ‖a‖² − 2a·b + ‖b‖² as one product of
-    augmented rows [−2a, ‖a‖², 1]·[b, 1, ‖b‖²] (float64 keeps its cancellation error ~1e-7 on [0, 1]
-    pixels), rounded to `dtype` before the square root (a float32 root is ~3× cheaper than a float64 one
-    and differs by at most one unit in the last place: the same medoids on MNIST). Only the `block`² tiles
-    on and above the diagonal are computed; the others are their mirror image, so FasterPAM may read
-    columns as rows. 10,000 patches: ~0.4 s on one core (one 1,024-row cdist block at a time took ~2.3 s).
+    Each squared distance is torch.cdist's matmul form, ‖a‖² − 2a·b + ‖b‖² as one product of augmented rows
+    [−2a, ‖a‖², 1]·[b, 1, ‖b‖²], then rounded to `dtype` before the square root (a float32 root is ~3×
+    cheaper than a float64 one and differs by at most one unit in the last place). For a float32 matrix of
+    pixels stored as 8-bit levels (k/255, as every bundled dataset's are) the product is taken on the
+    integers k, which float32 holds exactly while every partial sum stays under 2^24 (D ≤ 129: 5×5 colour
+    patches are 75), then divided by 255² with one rounding: on 10,000 MNIST patches the same matrix as
+    float64's, in ~0.35 s on one core instead of ~0.5. Other points use float64, whose cancellation error
+    is ~1e-7 on [0, 1] pixels. Only the `block`² tiles on and above the diagonal are computed; the others
+    are their mirror image, so FasterPAM may read columns as rows.
     """
     num_points = len(points)
     needed_mib = num_points**2 * np.dtype(dtype).itemsize / 2**20
@@ -41,14 +44,14 @@ def distance_matrix(points: np.ndarray, *, dtype: type, max_mib: float, block: i
             f"matrix of {needed_mib:,.0f} MiB, more than part_bank.max_distance_matrix_mib={max_mib:,.0f}; "
             "lower part_bank.num_patches (memory grows with its square) or raise the cap"
         )
-    source = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64))
+    source, scale = _exact_levels(points, dtype)
     sq_norms = source.pow(2).sum(-1, keepdim=True)
     ones = torch.ones_like(sq_norms)
     left = torch.cat([source.mul(-2), sq_norms, ones], -1)  # the same augmented rows as torch.cdist's
     right = torch.cat([source, ones, sq_norms], -1)
     result = np.empty((num_points, num_points), dtype=dtype)
     matrix = torch.from_numpy(result)
-    tile = torch.empty(block, block, dtype=torch.float64)
+    tile = torch.empty(block, block, dtype=source.dtype)
     for top in range(0, num_points, block):
         rows = slice(top, top + block)
         for left_edge in range(top, num_points, block):
@@ -56,7 +59,10 @@ def distance_matrix(points: np.ndarray, *, dtype: type, max_mib: float, block: i
             squared = tile[: min(block, num_points - top), : min(block, num_points - left_edge)]
             torch.mm(left[rows], right[cols].T, out=squared)
             distances = matrix[rows, cols]
-            distances.copy_(squared.clamp_min_(0)).sqrt_()
+            if scale == 1:
+                distances.copy_(squared.clamp_min_(0)).sqrt_()
+            else:  # exact integers: one correctly rounded division in the output's precision
+                distances.copy_(squared).div_(scale**2).sqrt_()
             if left_edge > top:
                 matrix[cols, rows] = distances.T
         diagonal = matrix[rows, rows]
@@ -64,6 +70,19 @@ def distance_matrix(points: np.ndarray, *, dtype: type, max_mib: float, block: i
         diagonal.copy_(torch.where(below, diagonal.T, diagonal))
     np.fill_diagonal(result, 0.0)
     return result
+
+
+def _exact_levels(points: np.ndarray, dtype: type, levels: int = 255) -> tuple[torch.Tensor, int]:
+    """(rows, scale) for `distance_matrix`: for a float32 matrix of points that are all exactly k / `levels`
+    and few enough dimensions to keep the product exact in float32, the integers k as float32 and scale
+    `levels`; else the points in float64 and scale 1."""
+    points = np.asarray(points)
+    steps = np.rint(points.astype(np.float64) * levels)
+    if dtype == np.float32 and 2 * points.shape[1] * levels**2 < 2**24 and np.array_equal(
+        points, (steps / levels).astype(points.dtype)
+    ):
+        return torch.from_numpy(steps.astype(np.float32)), levels
+    return torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64)), 1
 
 
 def _check_points(points: np.ndarray, bank_size: int) -> None:

@@ -20,6 +20,7 @@ from npdraw_plugins.part_banks import (
     FasterPAMEngine,
     SklearnExtraConfig,
     SklearnExtraEngine,
+    _exact_levels,
     distance_matrix,
 )
 
@@ -197,6 +198,23 @@ def test_distance_matrix_tiles_are_exact_symmetric_and_match_the_direct_form(mni
         distances = distance_matrix(points, dtype=dtype, max_mib=100, block=64)
         assert distances.dtype == dtype and np.array_equal(distances, distances.T)
         assert np.all(np.diag(distances) == 0) and np.abs(distances - reference).max() < tolerance
+
+
+def test_float32_distances_of_8bit_pixels_are_taken_on_exact_integers(mnist_points):
+    """MNIST pixels are k/255: the float32 matrix comes from an exact integer product, so each value is the
+    float32 root of the exact squared distance divided in float32 (one rounding); points off those levels (or too
+    many dimensions) take float64."""
+    points = mnist_points[:300]
+    assert _exact_levels(points, np.float32)[1] == 255 and _exact_levels(points, np.float64)[1] == 1
+    levels = np.rint(points.astype(np.float64) * 255)
+    squared = ((levels[:, None] - levels[None]) ** 2).sum(-1).astype(np.float32) / np.float32(255**2)
+    roots = torch.from_numpy(squared).sqrt().numpy()  # torch's float32 root (not always numpy's)
+    assert np.array_equal(distance_matrix(points, dtype=np.float32, max_mib=100, block=64), roots)
+    off_levels = points + np.float32(1e-3)
+    assert _exact_levels(off_levels, np.float32)[1] == 1
+    assert _exact_levels(np.tile(points, 6), np.float32)[1] == 1  # 150 dimensions: past float32's exact range
+    reference = np.sqrt(((off_levels[:, None].astype(np.float64) - off_levels[None]) ** 2).sum(-1))
+    assert np.abs(distance_matrix(off_levels, dtype=np.float32, max_mib=100) - reference).max() < 1e-6
 
 
 def test_fasterpam_reads_the_transposed_matrix_to_the_same_medoids(mnist_points):
