@@ -78,8 +78,10 @@ def _exact_levels(points: np.ndarray, dtype: type, levels: int = 255) -> tuple[t
     `levels`; else the points in float64 and scale 1."""
     points = np.asarray(points)
     steps = np.rint(points.astype(np.float64) * levels)
-    if dtype == np.float32 and 2 * points.shape[1] * levels**2 < 2**24 and np.array_equal(
-        points, (steps / levels).astype(points.dtype)
+    if (
+        dtype == np.float32
+        and 2 * points.shape[1] * levels**2 < 2**24
+        and np.array_equal(points, (steps / levels).astype(points.dtype))
     ):
         return torch.from_numpy(steps.astype(np.float32)), levels
     return torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64)), 1
