@@ -196,10 +196,15 @@ def main() -> None:
     options.add_argument("--latency-runs", type=int, default=50)
     options.add_argument("--parse-images", type=int, default=60000, help="0 skips the parse measurement")
     options.add_argument("--num-patches", type=int, default=10000, help="0 skips the bank measurement")
+    options.add_argument("--default-malloc", action="store_true",
+                         help="keep glibc's malloc defaults (the CLI retains freed memory: npdraw_core.threads)")
     options.add_argument("--sections", nargs="+", choices=["training", "nll", "latency"],
                          default=["training", "nll", "latency"], help="which model measurements to run")
     args = options.parse_args()
     torch.set_num_threads(args.threads)
+    from npdraw_core.threads import retain_freed_memory
+
+    retained = False if args.default_malloc else retain_freed_memory()
 
     from npdraw_core import distributions
     from npdraw_core.bank import PartBankConfig, kmedoids_objective, sample_patches
@@ -225,6 +230,7 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
         "gpu": torch.cuda.is_available(),
+        "freed_memory_retained": retained,
     }
 
     # bank: FasterPAM on sampled patches (or random patches when skipped); CPU seconds, fair on a busy machine

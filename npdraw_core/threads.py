@@ -11,11 +11,19 @@ others spin at every barrier, so throughput collapses (measured on 2 cores: prio
 and OpenMP is asked to sleep rather than spin while waiting (OMP_WAIT_POLICY=PASSIVE; only effective when
 set before torch starts its OpenMP runtime, so it is also set here for child processes). On an idle machine
 with many cores, `--threads` with the core count is the fastest choice for large batches.
+
+`configure_threads` also keeps freed memory in the process (`retain_freed_memory`): a training step allocates
+and frees the same few-MB tensors every step, and glibc's defaults hand them back to the kernel, which then
+zeroes fresh pages for the next step (measured: 112 ms of kernel time in a 794 ms VAE step at demo sizes,
+gone with it; the step 10-15% faster).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 
 ENV = "NPDRAW_THREADS"
 
@@ -59,4 +67,24 @@ def configure_threads(requested: int | None = None) -> int:
     threads = chosen_threads(requested)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # for child processes (workers, subprocesses)
     torch.set_num_threads(threads)
+    retain_freed_memory()
     return threads
+
+
+MMAP_THRESHOLD = 32 * 2**20  # the largest glibc accepts at run time on 64-bit (half its heap size)
+TRIM_THRESHOLD = 2**30
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc's malloc to serve blocks up to 32 MiB from its heap and to keep up to 1 GiB of freed memory
+    for reuse, instead of unmapping and trimming it (which costs page faults and zeroed pages on every
+    step). True when the C library took both settings; False elsewhere (not glibc: nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(mallopt(m_trim_threshold, TRIM_THRESHOLD))

@@ -38,7 +38,6 @@ from npdraw_core.latents import (
     step_maps,
 )
 from npdraw_core.sampling import default_block_size, generators_for, prior_logits, sample_latents
-from npdraw_core.threads import chosen_threads, default_threads
 from npdraw_plugins.priors.transformer import TransformerPrior, TransformerPriorConfig
 
 SHAPES = [
@@ -215,15 +214,6 @@ def test_per_sample_uniforms_drawn_at_once_give_the_samples_of_per_row_draws(see
     old = reference_per_row_sampler(prior, bank, shape.grid, generators_for(seeds), **options)
     for name, values in new.indices().items():
         assert torch.equal(values.long(), old[name].long()), name
-
-
-def test_thread_choice(monkeypatch):
-    assert default_threads(2) == 1 and default_threads(4) == 1 and default_threads(16) == 8
-    monkeypatch.setenv("NPDRAW_THREADS", "3")
-    assert chosen_threads() == 3 and chosen_threads(2) == 2
-    monkeypatch.setenv("NPDRAW_THREADS", "zero")
-    with pytest.raises(ValueError, match="NPDRAW_THREADS"):
-        chosen_threads()
 
 
 def test_incremental_weight_gradients_are_deterministic():

@@ -29,9 +29,11 @@ def run_trial(config: dict[str, Any], *, base: dict, spec: SearchSpec, cache_dir
     from npdraw_core.config import ConfigError, load_config
     from npdraw_core.pipeline import bank_stage, parse_stage, prior_stage
     from npdraw_core.run import Run
+    from npdraw_core.threads import retain_freed_memory
     from npdraw_core.training import train_model
 
     torch.set_num_threads(max(1, threads))
+    retain_freed_memory()  # as the CLI does: freed tensors reused, not faulted in again every step
     context = tune.get_context()
     node_id = ray.get_runtime_context().get_node_id()
     try:
