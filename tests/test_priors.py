@@ -12,7 +12,7 @@ from npdraw_core.interfaces import StepLogits
 from npdraw_core.latents import prior_frames
 from npdraw_core.registry import default_registry
 from npdraw_plugins.priors.independent import IndependentPrior, IndependentPriorConfig
-from npdraw_plugins.priors.transformer import TransformerPrior, TransformerPriorConfig
+from npdraw_plugins.priors.transformer import TransformerPrior, TransformerPriorConfig, _dropout
 
 SHAPE = ModelShape(channels=1, image_size=12, canvas_size=12, patch_size=4, bank_size=6)  # 9 steps
 SMALL = TransformerPriorConfig(
@@ -113,6 +113,20 @@ def test_dropout_is_active_in_training_mode_only():
     assert not torch.equal(prior(frames).what, prior(frames).what)
     prior.eval()
     assert torch.equal(prior(frames).what, prior(frames).what)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_drops_at_its_rate_in_every_slice_of_a_draw_and_keeps_the_mean(p):
+    """Four elements share one 64-bit draw: each of the four 16-bit slices must drop at rate p (a draw
+    without its top bit would never drop the fourth); the kept ones are scaled to keep the mean."""
+    torch.manual_seed(0)
+    out = _dropout(torch.ones(4 * 50_000), p, True)
+    dropped = (out == 0).float().view(-1, 4).mean(0)  # per slice
+    assert torch.allclose(dropped, torch.full((4,), p), atol=0.008), dropped
+    assert torch.allclose(out[out != 0], torch.tensor(1 / (1 - round(p * 2**16) / 2**16)))
+    assert abs(float(out.mean()) - 1) < 0.01
+    odd = torch.ones(3, 7)  # sizes that are not a multiple of four
+    assert _dropout(odd, p, True).shape == (3, 7) and torch.equal(_dropout(odd, p, False), odd)
 
 
 def test_independent_prior_reaches_the_empirical_frequencies():

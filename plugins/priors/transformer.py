@@ -96,13 +96,17 @@ class PrefixState:
 
 
 def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Inverted dropout, as F.dropout: each element kept with probability 1 − p and scaled by 1/(1 − p).
-    The mask comes from torch.rand (the default generator, like F.dropout) compared with p, about twice
-    as fast on a CPU as F.dropout's bernoulli_; prior pre-training draws ~5M of them per step."""
+    """Inverted dropout: each element kept with probability 1 − p and scaled by 1/(1 − p), with p rounded to a
+    multiple of 2^-16 (0.1 → 0.1000061). The mask comes from 16-bit slices of full-range int64 draws of the
+    default generator (like F.dropout's), four elements per draw: ~2.5x faster on a CPU than one float
+    draw per element, and prior pre-training draws ~5M of them per step."""
     if not training or p == 0:
         return x
-    keep = torch.rand(x.shape, device=x.device, dtype=x.dtype)
-    return x * keep.ge_(p).mul_(1 / (1 - p))
+    threshold = round(p * 2**16)  # dropped where a uniform 16-bit integer falls below it
+    count = x.numel()
+    bits = torch.empty((count + 3) // 4, device=x.device, dtype=torch.int64).random_(-(2**63), None)
+    keep = bits.view(torch.int16)[:count].view(x.shape) >= threshold - 2**15
+    return x * keep.to(x.dtype).mul_(1 / (1 - threshold / 2**16))
 
 
 class CausalSelfAttention(nn.Module):
@@ -321,7 +325,7 @@ class TransformerPrior(Prior):
             with torch.no_grad():
                 tokens, active = self._embed_located(latents, bank, grid, activity=True)
             conv, linear = self.frame_embedding[0], self.frame_embedding[3]
-            tokens = FramesEmbedding.apply(frames, tokens, ~active, linear.weight, conv.weight, grid.canvas_size)
+            tokens = FramesEmbedding.apply(frames, tokens, active, linear.weight, conv.weight, grid.canvas_size)
         return self._transform(_dropout(tokens + self.positions[:length], self.config.dropout, self.training))
 
     def embed_latents(self, latents: Latents, bank: Tensor, grid: Grid) -> Tensor:
