@@ -149,22 +149,22 @@ class FramesEmbedding(torch.autograd.Function):
     local changes), with the gradient the frames get from Linear ∘ ReLU ∘ Conv (weights frozen):
     convT(relu'(pre) ⊙ W_Lᵀ dE) for every frame. Frames are the last (contiguous) dimension and are
     processed in chunks whose intermediates stay in the CPU's caches: one matmul through the Linear, one
-    through the conv's 9 taps, 9 strided adds. `inactive`: (T, E·O², B), True where ReLU' is 0."""
+    through the conv's 9 taps, 9 strided adds. `active`: (T, E·O², B), True where ReLU' is 1."""
 
     chunk = 1024  # columns (frames · sequences) per chunk
 
     @staticmethod
-    def forward(ctx, frames, embedded, inactive, linear_weight, conv_weight, canvas_size):
-        ctx.save_for_backward(inactive, linear_weight, conv_weight)
+    def forward(ctx, frames, embedded, active, linear_weight, conv_weight, canvas_size):
+        ctx.save_for_backward(active, linear_weight, conv_weight)
         ctx.canvas_size = canvas_size
         return embedded.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        inactive, linear_weight, conv_weight = ctx.saved_tensors  # inactive: (T, E·O², B)
+        active, linear_weight, conv_weight = ctx.saved_tensors  # active: (T, E·O², B)
         batch, steps, width = grad.shape
         features, channels = conv_weight.shape[:2]
-        out_side, rows = math.isqrt(inactive.shape[1] // features), inactive.shape[1]
+        out_side, rows = math.isqrt(active.shape[1] // features), active.shape[1]
         per_frame = grad.permute(2, 1, 0).reshape(width, steps * batch)  # (d, T·B), frame-major
         taps_weight = conv_weight.permute(1, 2, 3, 0).reshape(-1, features)  # (C'·9, E)
         side, span = 2 * out_side + 2, 2 * out_side  # the conv-padded frame (a row/column more when odd)
@@ -174,7 +174,8 @@ class FramesEmbedding(torch.autograd.Function):
             last = min(first + frames_per_chunk, steps)
             columns = slice(first * batch, last * batch)
             hidden = linear_weight.t() @ per_frame[:, columns]  # (E·O², frames · B)
-            hidden.view(rows, last - first, batch).masked_fill_(inactive[first:last].transpose(0, 1), 0)
+            # ReLU': a product with the bool mask (~2x faster than masked_fill_ with its negation)
+            hidden.view(rows, last - first, batch).mul_(active[first:last].transpose(0, 1))
             taps = (taps_weight @ hidden.view(features, -1)).view(channels, 3, 3, out_side, out_side, -1)
             for row in range(3):
                 for col in range(3):
