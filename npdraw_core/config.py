@@ -251,6 +251,7 @@ class TrainingConfig:
 class EvaluationConfig:
     nll_samples: int = 50
     nll_images: int | None = None  # None: the whole test set; 0: skip the NLL
+    nll_workers: int | None = None  # processes scoring the NLL on a CPU; None: one per core this process may use
     fid_samples: int = 10000
     feature_extractors: list[str] = field(default_factory=lambda: ["lenet"])
     fid_floor: bool = True  # also score a random half of the test set against the other half
@@ -259,7 +260,7 @@ class EvaluationConfig:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        check_at_least(self, 1, "nll_samples", "batch_size")
+        check_at_least(self, 1, "nll_samples", "batch_size", "nll_workers")
         check_at_least(self, 0, "nll_images")
         check_positive(self, "temperature")
         if self.feature_extractors and self.fid_samples < 2:  # a covariance needs two samples

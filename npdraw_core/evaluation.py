@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -22,6 +25,7 @@ from npdraw_core.fid import (
 )
 from npdraw_core.interfaces import ImageSet
 from npdraw_core.run import Run
+from npdraw_core.threads import retain_freed_memory, usable_cores
 
 
 class ScoredModel(Protocol):
@@ -45,20 +49,42 @@ def model_device(model: ScoredModel) -> torch.device:
 
 
 def negative_log_likelihood(
-    model: ScoredModel, test: ImageSet, *, binary: bool, num_samples: int, batch_size: int, seed: int = 0
+    model: ScoredModel,
+    test: ImageSet,
+    *,
+    binary: bool,
+    num_samples: int,
+    batch_size: int,
+    seed: int = 0,
+    workers: int = 1,
 ) -> dict[str, float]:
     """Mean −log p(x) bound over `test` in nats per image (and bits/dim). Binary data sets are binarised
-    once with a fixed seed, so every model is scored on the same binary test set."""
+    once with a fixed seed, so every model is scored on the same binary test set.
+
+    Each batch draws its posterior samples from its own generator (seeded by `seed` and the batch's
+    index), so the bound is the same number whether the batches run here or spread over `workers`
+    processes (a CPU model only; one torch thread each: on 2 cores, ~1.9x one process, where a second
+    torch thread gives ~1.3x)."""
     model.eval()
     device = model_device(model)
-    binarize_generator = torch.Generator().manual_seed(seed)
-    sample_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    total, started = 0.0, time.perf_counter()
-    for index in tqdm(list(minibatch_indices(len(test), batch_size, shuffle=False)), desc="nll", leave=False):
-        images = prepare_images(test.images[index], binary=binary, generator=binarize_generator).to(device)
-        bound = model.log_likelihood_bound(images, num_samples=num_samples, generator=sample_generator)
-        total -= bound.sum().item()
-    nll = total / len(test)
+    images = prepare_images(test.images, binary=binary, generator=torch.Generator().manual_seed(seed))
+    batches = [images[index] for index in minibatch_indices(len(images), batch_size, shuffle=False)]
+    workers = min(workers, len(batches)) if device.type == "cpu" else 1
+    started, sums = time.perf_counter(), []
+    progress = tqdm(total=len(batches), desc="nll", leave=False)
+    if workers == 1:
+        for index, batch in enumerate(batches):
+            sums.append(_negative_bound(model, batch, index, num_samples=num_samples, seed=seed))
+            progress.update()
+    else:
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(model,)) as pool:
+            jobs = [pool.submit(_worker_bound, batch, index, num_samples, seed) for index, batch in enumerate(batches)]
+            for _ in as_completed(jobs):
+                progress.update()
+            sums = [job.result() for job in jobs]  # added in batch order: the same float either way
+    progress.close()
+    nll = sum(sums) / len(test)
     dims = math.prod(test.images.shape[1:])
     return {
         "nll_nats": nll,
@@ -66,7 +92,31 @@ def negative_log_likelihood(
         "nll_samples": num_samples,
         "nll_images": len(test),
         "nll_seconds": time.perf_counter() - started,
+        "nll_workers": workers,
     }
+
+
+def _negative_bound(model: ScoredModel, images: Tensor, index: int, *, num_samples: int, seed: int) -> float:
+    """−Σ log p(x) bound over one batch, its samples drawn from the batch's own generator."""
+    device = model_device(model)
+    batch_seed = int(np.random.SeedSequence((seed, index)).generate_state(1, np.uint64)[0])
+    generator = torch.Generator(device=device).manual_seed(batch_seed)
+    return -model.log_likelihood_bound(images.to(device), num_samples=num_samples, generator=generator).sum().item()
+
+
+_worker_model: ScoredModel | None = None  # the model of an NLL worker process (set by `_start_worker`)
+
+
+def _start_worker(model: ScoredModel) -> None:
+    global _worker_model
+    torch.set_num_threads(1)
+    retain_freed_memory()
+    _worker_model = model
+
+
+def _worker_bound(images: Tensor, index: int, num_samples: int, seed: int) -> float:
+    assert _worker_model is not None, "_start_worker runs first in every worker"
+    return _negative_bound(_worker_model, images, index, num_samples=num_samples, seed=seed)
 
 
 @torch.no_grad()
@@ -92,6 +142,7 @@ def evaluate(run: Run, model: ScoredModel) -> dict[str, float]:
         results.update(negative_log_likelihood(
             model, nll_test, binary=dataset.binary, num_samples=settings.nll_samples,
             batch_size=settings.batch_size, seed=run.config.seed,
+            workers=usable_cores() if settings.nll_workers is None else settings.nll_workers,
         ))
     if settings.feature_extractors:
         extractors = [build_feature_extractor(run, name) for name in settings.feature_extractors]

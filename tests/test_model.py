@@ -4,6 +4,7 @@ a killed training run resumes exactly, checkpoints never execute code, sampling 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import torch
 from npdraw_core.checkpoint import CheckpointError, load_checkpoint, read_metrics
 from npdraw_core.data import prepare_images
 from npdraw_core.editing import Region, edit, save_edit_figure
+from npdraw_core.evaluation import negative_log_likelihood
 from npdraw_core.pipeline import bank_stage, parse_stage, prior_stage
 from npdraw_core.run import Run
 from npdraw_core.training import LAST, build_model, model_hash, parses_of, train_model, warm_up_decoder
@@ -71,6 +73,21 @@ def test_fifty_sample_bound_is_tighter_than_one_sample(upstream):
     fifty = model.log_likelihood_bound(images, num_samples=50, generator=torch.Generator().manual_seed(3))
     assert torch.isfinite(fifty).all() and (fifty < 0).all()  # log-probabilities of binary images
     assert fifty.mean() > one.mean() + 1.0, (fifty.mean(), one.mean())
+
+
+def test_nll_is_the_same_number_in_one_process_or_spread_over_workers(upstream):
+    """Each batch draws from its own generator, so two worker processes give the one-process bound
+    exactly, and a fixed seed gives a fixed binarisation and bound; a different seed moves it a little."""
+    run, bank, _, prior, _ = upstream
+    torch.manual_seed(0)
+    model = build_model(run, bank.exemplars, prior)
+    test = run.dataset.load("test").subset(torch.arange(40))
+    score = functools.partial(negative_log_likelihood, model, test, binary=True, num_samples=3, batch_size=8)
+    alone, spread = score(seed=4), score(seed=4, workers=2)
+    assert alone["nll_workers"] == 1 and spread["nll_workers"] == 2
+    assert spread["nll_nats"] == alone["nll_nats"], (alone, spread)
+    other = score(seed=5)["nll_nats"]
+    assert other != alone["nll_nats"] and abs(other - alone["nll_nats"]) < 0.05 * alone["nll_nats"]
 
 
 def test_parse_forcing_of_whether_gives_the_decoder_exactly_the_parse_canvas(upstream):

@@ -39,6 +39,9 @@ def run_trial(config: dict[str, Any], *, base: dict, spec: SearchSpec, cache_dir
     try:
         # the trial id is the run name as it is, not a YAML value to parse
         run_config = dataclasses.replace(load_config(base, spec.overrides(config)), name=context.get_trial_id())
+        if run_config.evaluation.nll_workers is None:  # the NLL stays within the trial's CPUs
+            evaluation = dataclasses.replace(run_config.evaluation, nll_workers=max(1, threads))
+            run_config = dataclasses.replace(run_config, evaluation=evaluation)
     except ConfigError as error:
         raise RuntimeError(f"trial {context.get_trial_id()} on node {node_id}: {error} (a component's "
                            "plugin must be installed on every node of the cluster)") from None  # fmt: skip
