@@ -311,12 +311,27 @@ def main() -> None:
 
         from npdraw_core.latents import prior_frames
 
-        times = side_by_side(
-            lambda: prior_step(lambda: old_transformer(trainable, prior_frames(small, bank, grid))),
-            lambda: prior_step(lambda: trainable.logits_from_latents(small, bank, grid)),
-            repeats,
-        )
+        def old_step():
+            prior_step(lambda: old_transformer(trainable, prior_frames(small, bank, grid)))
+
+        def new_step():
+            prior_step(lambda: trainable.logits_from_latents(small, bank, grid))
+
+        times = side_by_side(old_step, new_step, repeats)
         result.update(figures("prior_step", small.batch_size, times))
+        # The same step with the frame embeddings given (no embedding work at all): the transformer's share,
+        # common to old and new. The old step's time over this one bounds what any embedding could reach.
+        from npdraw_plugins.priors.transformer import _dropout
+
+        tokens = trainable.embed_latents(small, bank, grid).detach()
+
+        def transformer_only():
+            hidden = _dropout(tokens + trainable.positions[: small.num_steps], trainable.config.dropout, True)
+            return trainable._transform(hidden)
+
+        times = side_by_side(old_step, lambda: prior_step(transformer_only), repeats)
+        result["prior_step_transformer_only_images_per_s"] = round(small.batch_size / times["new"][0], 2)
+        result["prior_step_ratio_bound"] = round(times["old"][0] / times["new"][0], 2)
 
     model.eval()
     if "nll" in args.sections:
