@@ -7,6 +7,7 @@ import multiprocessing
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 import numpy as np
@@ -78,11 +79,19 @@ def negative_log_likelihood(
             progress.update()
     else:
         context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(model,)) as pool:
-            jobs = [pool.submit(_worker_bound, batch, index, num_samples, seed) for index, batch in enumerate(batches)]
-            for _ in as_completed(jobs):
-                progress.update()
-            sums = [job.result() for job in jobs]  # added in batch order: the same float either way
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(model,)) as pool:
+                jobs = [pool.submit(_worker_bound, batch, index, num_samples, seed) for index, batch in enumerate(batches)]
+                for _ in as_completed(jobs):
+                    progress.update()
+                sums = [job.result() for job in jobs]  # added in batch order: the same float either way
+        except BrokenProcessPool as error:
+            raise RuntimeError(
+                f"the NLL's {workers} worker processes stopped before finishing ({error}). A script that "
+                "evaluates must start under `if __name__ == \"__main__\":` (each worker imports it again), "
+                "and each worker needs memory for a copy of the model; or score in this process with "
+                "evaluation.nll_workers=1 (`--set evaluation.nll_workers=1`)"
+            ) from error
     progress.close()
     nll = sum(sums) / len(test)
     dims = math.prod(test.images.shape[1:])

@@ -90,6 +90,31 @@ def test_nll_is_the_same_number_in_one_process_or_spread_over_workers(upstream):
     assert other != alone["nll_nats"] and abs(other - alone["nll_nats"]) < 0.05 * alone["nll_nats"]
 
 
+def test_nll_workers_that_cannot_start_get_an_error_that_says_why(tmp_path):
+    """A script without a `__main__` guard cannot start spawned workers (each imports it again): the NLL
+    says so and how to fix it, instead of a bare BrokenProcessPool."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("""
+import torch
+from npdraw_core.evaluation import negative_log_likelihood
+from npdraw_core.interfaces import ImageSet
+
+class Constant(torch.nn.Module):  # a model whose bound is -1 nat per image
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def log_likelihood_bound(self, images, *, num_samples, generator):
+        return -torch.ones(len(images))
+
+test = ImageSet(torch.zeros(8, 1, 4, 4, dtype=torch.uint8), torch.zeros(8, dtype=torch.long))
+print(negative_log_likelihood(Constant(), test, binary=True, num_samples=1, batch_size=2, workers=2))
+""")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert 'if __name__ == "__main__":' in result.stderr and "evaluation.nll_workers=1" in result.stderr
+
+
 def test_parse_forcing_of_whether_gives_the_decoder_exactly_the_parse_canvas(upstream):
     run, bank, parses, prior, _ = upstream
     torch.manual_seed(0)
