@@ -66,9 +66,13 @@ def point_config(base: dict, point: Point, experiment_dir: Path):
 
 
 def point_key(config, baseline: BaselineBudget | None) -> str:
-    from npdraw_core.config import config_hash
+    """The settings a point's rows depend on: its whole config but `evaluation.nll_workers` (how many processes
+    score the NLL, not its value; leaving it out also keeps the keys of points run before it existed)."""
+    from npdraw_core.config import config_hash, to_plain
 
-    return config_hash("experiment-point", config, asdict(baseline) if baseline else None)
+    plain = to_plain(config)
+    plain["evaluation"] = {k: v for k, v in plain["evaluation"].items() if k != "nll_workers"}
+    return config_hash("experiment-point", plain, asdict(baseline) if baseline else None)
 
 
 def read_rows(config, baseline: BaselineBudget | None) -> list[dict] | None:
@@ -201,7 +205,13 @@ def point_trial(trial: dict, *, base: dict, points: list[dict], experiment_dir: 
     import torch
     from ray import tune
 
+    from npdraw_core.threads import retain_freed_memory
+
     torch.set_num_threads(max(1, threads))
+    retain_freed_memory()  # as the CLI does
+    evaluation = base.get("evaluation") or {}
+    if evaluation.get("nll_workers") is None:  # the NLL stays within the trial's CPUs
+        base = {**base, "evaluation": {**evaluation, "nll_workers": max(1, threads)}}
     point = Point(**{**points[trial["point"]], "overrides": tuple(points[trial["point"]]["overrides"])})
     rows = run_point(base, point, Path(experiment_dir), BaselineBudget(**baseline) if baseline else None)
     report = {"point_name": point.name}

@@ -117,3 +117,14 @@ def test_low_data_points_run_as_ray_tune_trials(small_config, tmp_path):
     assert list(table["fraction"]) == [0.5] and list(table["model"]) == ["NP-DRAW"]
     assert list(table["train_images"]) == [550 - 50]  # a seeded half of the 1,100 images, less the valid share
     assert table["nll_nats"].notna().all() and table["fid_lenet"].notna().all()
+
+
+def test_a_point_key_ignores_how_many_processes_score_the_nll(small_config, tmp_path):
+    """The trials set evaluation.nll_workers to their CPUs; the driver reads their rows back with the key of
+    the config it was given, so the key must not depend on it (the NLL is the same number either way)."""
+    from npdraw_core.config import load_config
+    from npdraw_experiments.sweep import point_key
+
+    one, three = (load_config(small_config, [f"evaluation.nll_workers={n}"]) for n in (1, 3))
+    assert point_key(one, None) == point_key(three, None) == point_key(load_config(small_config), None)
+    assert point_key(load_config(small_config, ["evaluation.nll_samples=3"]), None) != point_key(one, None)
