@@ -71,27 +71,15 @@ def negative_log_likelihood(
     images = prepare_images(test.images, binary=binary, generator=torch.Generator().manual_seed(seed))
     batches = [images[index] for index in minibatch_indices(len(images), batch_size, shuffle=False)]
     workers = min(workers, len(batches)) if device.type == "cpu" else 1
-    started, sums = time.perf_counter(), []
+    started = time.perf_counter()
     progress = tqdm(total=len(batches), desc="nll", leave=False)
     if workers == 1:
+        sums = []
         for index, batch in enumerate(batches):
             sums.append(_negative_bound(model, batch, index, num_samples=num_samples, seed=seed))
             progress.update()
     else:
-        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-        try:
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(model,)) as pool:
-                jobs = [pool.submit(_worker_bound, batch, index, num_samples, seed) for index, batch in enumerate(batches)]
-                for _ in as_completed(jobs):
-                    progress.update()
-                sums = [job.result() for job in jobs]  # added in batch order: the same float either way
-        except BrokenProcessPool as error:
-            raise RuntimeError(
-                f"the NLL's {workers} worker processes stopped before finishing ({error}). A script that "
-                "evaluates must start under `if __name__ == \"__main__\":` (each worker imports it again), "
-                "and each worker needs memory for a copy of the model; or score in this process with "
-                "evaluation.nll_workers=1 (`--set evaluation.nll_workers=1`)"
-            ) from error
+        sums = _bounds_in_workers(model, batches, workers, num_samples=num_samples, seed=seed, progress=progress)
     progress.close()
     nll = sum(sums) / len(test)
     dims = math.prod(test.images.shape[1:])
@@ -103,6 +91,34 @@ def negative_log_likelihood(
         "nll_seconds": time.perf_counter() - started,
         "nll_workers": workers,
     }
+
+
+def _bounds_in_workers(
+    model: ScoredModel, batches: list[Tensor], workers: int, *, num_samples: int, seed: int, progress: tqdm
+) -> list[float]:
+    """`_negative_bound` of every batch in `workers` spawned processes (fork is unsafe once torch has started
+    threads), in batch order. An interrupt (Ctrl-C) or error stops the workers at once instead of letting
+    them finish the queue."""
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(model,))
+    try:
+        jobs = [pool.submit(_worker_bound, batch, index, num_samples, seed) for index, batch in enumerate(batches)]
+        for _ in as_completed(jobs):
+            progress.update()
+        return [job.result() for job in jobs]  # added in batch order: the same float either way
+    except BrokenProcessPool as error:
+        raise RuntimeError(
+            f"the NLL's {workers} worker processes stopped before finishing ({error}). A script that "
+            "evaluates must start under `if __name__ == \"__main__\":` (each worker imports it again), "
+            "and each worker needs memory for a copy of the model; or score in this process with "
+            "evaluation.nll_workers=1 (`--set evaluation.nll_workers=1`)"
+        ) from error
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):  # the executor has no public terminate
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _negative_bound(model: ScoredModel, images: Tensor, index: int, *, num_samples: int, seed: int) -> float:
