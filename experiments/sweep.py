@@ -202,13 +202,11 @@ def run_points(
 
 def point_trial(trial: dict, *, base: dict, points: list[dict], experiment_dir: str, baseline: dict | None, threads: int) -> None:
     """The Tune trainable: run point number `trial["point"]` and report its scores."""
-    import torch
     from ray import tune
 
-    from npdraw_core.threads import retain_freed_memory
+    from npdraw_core.threads import configure_threads
 
-    torch.set_num_threads(max(1, threads))
-    retain_freed_memory()  # as the CLI does
+    configure_threads(max(1, threads))  # the trial's CPUs, with the CLI's other CPU settings
     evaluation = base.get("evaluation") or {}
     if evaluation.get("nll_workers") is None:  # the NLL stays within the trial's CPUs
         base = {**base, "evaluation": {**evaluation, "nll_workers": max(1, threads)}}

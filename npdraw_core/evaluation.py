@@ -26,7 +26,7 @@ from npdraw_core.fid import (
 )
 from npdraw_core.interfaces import ImageSet
 from npdraw_core.run import Run
-from npdraw_core.threads import retain_freed_memory, usable_cores
+from npdraw_core.threads import configure_threads, usable_cores
 
 
 class ScoredModel(Protocol):
@@ -134,8 +134,7 @@ _worker_model: ScoredModel | None = None  # the model of an NLL worker process (
 
 def _start_worker(model: ScoredModel) -> None:
     global _worker_model
-    torch.set_num_threads(1)
-    retain_freed_memory()
+    configure_threads(1)
     _worker_model = model
 
 

@@ -50,9 +50,7 @@ class Sampler:
         sampler = self.options.sampler
         if sampler.torch_threads is not None:
             torch.set_num_threads(sampler.torch_threads)
-        device = self.options.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = self.options.device  # `load_trained` resolves "auto"
         self.catalog = ModelCatalog.read(self.options.models)
         self.metrics = Metrics(RayFactory())
 

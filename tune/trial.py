@@ -23,17 +23,15 @@ CHECKPOINT_FILE = "model_last.pt"
 def run_trial(config: dict[str, Any], *, base: dict, spec: SearchSpec, cache_dir: str, threads: int) -> None:
     """The trainable: `config` holds this trial's values of the search space's dotted keys."""
     import ray
-    import torch
     from ray import tune
 
     from npdraw_core.config import ConfigError, load_config
     from npdraw_core.pipeline import bank_stage, parse_stage, prior_stage
     from npdraw_core.run import Run
-    from npdraw_core.threads import retain_freed_memory
+    from npdraw_core.threads import configure_threads
     from npdraw_core.training import train_model
 
-    torch.set_num_threads(max(1, threads))
-    retain_freed_memory()  # as the CLI does: freed tensors reused, not faulted in again every step
+    configure_threads(max(1, threads))  # the trial's CPUs, with the CLI's other CPU settings
     context = tune.get_context()
     node_id = ray.get_runtime_context().get_node_id()
     try:
