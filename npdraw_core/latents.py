@@ -190,7 +190,8 @@ class _LocatedFrames(torch.autograd.Function):
         # reaches its value there (any later step, when that value is 0).
         blank = (history[..., :used, :] == 0) * canvas[..., 1:, :]  # (C, n, K, n, K, T-1, B)
         part_layout = parts[:, :used].permute(2, 3, 4, 1, 0)[:, None, :, None]  # (C, 1, K, 1, K, T-1, B)
-        grad_where = (blank * part_layout).sum((0, 2, 4)).flatten(0, 1)  # (J, T-1, B)
+        # summed one dimension at a time: torch's reduction over several strided dimensions at once is ~3x slower
+        grad_where = (blank * part_layout).sum(4).sum(2).sum(0).flatten(0, 1)  # (J, T-1, B)
         own_blank = blank[:, own_rows, :, own_cols, :, steps_index, samples]  # (T-1, B, C, K, K)
         own_before = history[:, own_rows, :, own_cols, :, steps_index, samples]
         own_values = pasted[:, :used].transpose(0, 1)  # (T-1, B, C, K, K)
@@ -201,7 +202,7 @@ class _LocatedFrames(torch.autograd.Function):
         )  # (t, t', B, C, K, K): step t' wins frame t'+1 from step t at that pixel
         found, first = takes_over.view(torch.uint8).max(dim=1)
         last_frame = torch.where(found.bool(), first, steps - 1)  # (T-1, B, C, K, K)
-        totals = canvas.cumsum(dim=5)  # Σ_{f' ≤ f} of frame f''s gradient
+        totals = _running_sum_(canvas, dim=5)  # Σ_{f' ≤ f} of frame f''s gradient (canvas is not needed after)
         lanes = [torch.arange(n, device=cells.device).view(shape) for n, shape in
                  ((channels, (-1, 1, 1)), (size, (1, -1, 1)), (size, (1, 1, -1)))]  # fmt: skip
         at = (lanes[0], own_rows[..., None, None, None], lanes[1], own_cols[..., None, None, None], lanes[2])
@@ -219,7 +220,7 @@ class _LocatedFrames(torch.autograd.Function):
         grad_what = ((weight * whether)[..., None] * own_grad.flatten(2)) @ bank.flatten(1).T
         grad_whether = (weight[..., None] * (parts * own_grad).flatten(2)).sum(-1)
         # masks: (where · 1) · whether on each cell, and their running max with union masks
-        mask = grads[channels].sum((1, 3)).flatten(0, 1).permute(2, 1, 0)  # (B, T, J): summed over the cell
+        mask = grads[channels].sum(3).sum(1).flatten(0, 1).permute(2, 1, 0)  # (B, T, J): summed over the cell
         if union_masks:
             with torch.enable_grad():
                 where_, whether_ = where.detach().requires_grad_(), whether.detach().requires_grad_()
@@ -230,6 +231,14 @@ class _LocatedFrames(torch.autograd.Function):
             grad_where[:, :used] += whether[:, :used, None] * mask[:, 1:]
             grad_whether[:, :used] += weight[:, :used] * mask[:, 1:].gather(2, cells[:, :used, None])[..., 0]
         return grad_whether, grad_what, grad_where, None, None, None
+
+
+def _running_sum_(values: Tensor, dim: int) -> Tensor:
+    """torch.cumsum along `dim`, in place: one add per index, ~2x faster than torch.cumsum along an outer
+    dimension of a large tensor on a CPU (which walks it element by element)."""
+    for index in range(1, values.shape[dim]):
+        values.select(dim, index).add_(values.select(dim, index - 1))
+    return values
 
 
 def located_final_canvas(latents: Latents, bank: Tensor, grid: Grid) -> Tensor:

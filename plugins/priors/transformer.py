@@ -109,6 +109,11 @@ def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return x * keep.to(x.dtype).mul_(1 / (1 - threshold / 2**16))
 
 
+def _causal_bias(length: int, like: Tensor) -> Tensor:
+    """(L, L) additive attention mask: 0 on and below the diagonal, −inf above (no attending to later steps)."""
+    return torch.full((length, length), float("-inf"), dtype=like.dtype, device=like.device).triu(1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: TransformerPriorConfig):
         super().__init__()
@@ -121,13 +126,14 @@ class CausalSelfAttention(nn.Module):
         """x (B, L, d_model), causal over L."""
         batch, length, _ = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.training and self.dropout > 0:  # written out: SDPA's dropout path is slower on a CPU
-            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
-            scores = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).masked_fill(causal, float("-inf"))
-            attended = _dropout(scores.softmax(dim=-1), self.dropout, training=True) @ v
-        else:
-            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return _dropout(self.out[0](attended.transpose(1, 2).reshape(batch, length, -1)), self.dropout, self.training)
+        # Written out as two batched matmuls: at the prior's short sequences (T=36) this is faster on a CPU
+        # than scaled_dot_product_attention (measured, 1 thread, 128 × 4 heads: forward 2.4 vs 3.0 ms,
+        # forward + backward 9.4 vs 14.2 ms), with or without dropout.
+        q, k, v = (a.reshape(batch * self.num_heads, length, self.head_dim) for a in (q, k, v))
+        scores = torch.baddbmm(_causal_bias(length, x), q, k.transpose(1, 2), alpha=self.head_dim**-0.5)
+        attended = torch.bmm(_dropout(scores.softmax(dim=-1), self.dropout, self.training), v)
+        attended = attended.view(batch, self.num_heads, length, self.head_dim).transpose(1, 2)
+        return _dropout(self.out[0](attended.reshape(batch, length, -1)), self.dropout, self.training)
 
     def step(self, x: Tensor, inputs: Tensor, position: int) -> Tensor:
         """One new position x (B, d_model) attending to itself and the cached inputs (B, T, d_model) of the
@@ -139,7 +145,7 @@ class CausalSelfAttention(nn.Module):
             -1, self.num_heads, self.head_dim
         )
         key_weight, value_weight = self.qkv.weight[inner:].view(2, self.num_heads, self.head_dim, -1)
-        # W_kᵀq, per head: (B, heads, d_model), scaled as scaled_dot_product_attention scales q·k
+        # W_kᵀq, per head: (B, heads, d_model), scaled as `forward` scales q·k
         query = torch.einsum("bhe,hed->bhd", q, key_weight) * self.head_dim**-0.5
         attention = torch.bmm(query, past.transpose(1, 2)).softmax(dim=-1)  # (B, heads, t)
         mixed = torch.bmm(attention, past)  # Σ_s a_s x_s: (B, heads, d_model)
@@ -336,15 +342,15 @@ class TransformerPrior(Prior):
     def _embed_located(
         self, latents: Latents, bank: Tensor, grid: Grid, *, activity: bool
     ) -> tuple[Tensor, Tensor | None]:
-        """The embeddings and, with `activity`, which conv outputs of every frame are positive (the ReLU's
-        derivative), (T, E·O², B) in the Linear's column order (see `frame_activity`)."""
+        """The embeddings and, with `activity`, the ReLU's derivative at every frame's conv outputs (1 where
+        positive, else 0), (T, E·O², B) in the Linear's column order (see `frame_activity`)."""
         batch, steps = latents.batch_size, latents.num_steps
         self._check_steps(steps)
         conv, linear = self.frame_embedding[0], self.frame_embedding[3]
         side, channels = grid.canvas_size, bank.shape[1]
         first = self.frame_embedding(bank.new_zeros(1, channels + 1, side, side))  # frame 0: all zeros
         if steps == 1 or batch == 0:
-            active = (conv.bias > 0).repeat_interleave(linear.in_features // conv.out_channels)
+            active = (conv.bias > 0).to(conv.bias.dtype).repeat_interleave(linear.in_features // conv.out_channels)
             return first.expand(batch, steps, -1), active[None, :, None].expand(steps, -1, batch) if activity else None
         geometry = self._geometry(grid, bank.device)
         # transition i (i = 0..T-2) turns frame i into frame i+1: step i draws into cell drawn[:, i] (and,
