@@ -182,33 +182,30 @@ class _LocatedFrames(torch.autograd.Function):
             padded[:, edge] = 0
             padded[:, :, edge] = 0
         canvas, history = grads[:channels], buffer[:channels]  # (C, n, K, n, K, T, B)
-        steps_index, samples = torch.arange(used, device=cells.device)[:, None], torch.arange(batch, device=cells.device)[None, :]
+        steps_index = torch.arange(used, device=cells.device)[:, None]
         own_rows, own_cols = (cells[:, :used] // side).T, (cells[:, :used] % side).T  # (T-1, B)
         # The running max sends frame f's gradient at pixel p to the LAST step t < f with v_t(p) = c^f(p)
         # (torch.cummax's ties). Where nothing is drawn yet (c^f(p) = 0) that is step f-1, in every cell;
         # in its own cell, step t wins frame t+1 iff v_t(p) ≥ c^t(p) and keeps winning until a later step
         # reaches its value there (any later step, when that value is 0).
-        blank = (history[..., :used, :] == 0) * canvas[..., 1:, :]  # (C, n, K, n, K, T-1, B)
+        blank = (history[..., :used, :] == 0).to(canvas.dtype).mul_(canvas[..., 1:, :])  # (C, n, K, n, K, T-1, B)
         part_layout = parts[:, :used].permute(2, 3, 4, 1, 0)[:, None, :, None]  # (C, 1, K, 1, K, T-1, B)
         # summed one dimension at a time: torch's reduction over several strided dimensions at once is ~3x slower
         grad_where = (blank * part_layout).sum(4).sum(2).sum(0).flatten(0, 1)  # (J, T-1, B)
-        own_blank = blank[:, own_rows, :, own_cols, :, steps_index, samples]  # (T-1, B, C, K, K)
-        own_before = history[:, own_rows, :, own_cols, :, steps_index, samples]
+        own_frame = steps_index[..., None, None, None]  # frame t: the canvas step t draws on
+        own_blank = _own_cells(blank, own_rows, own_cols, own_frame)  # (T-1, B, C, K, K)
+        own_before = _own_cells(history, own_rows, own_cols, own_frame)
         own_values = pasted[:, :used].transpose(0, 1)  # (T-1, B, C, K, K)
         later = (steps_index.T > steps_index)[..., None]  # (t, t', 1): t' after t
         same_cell = (cells[:, :used].T[:, None] == cells[:, :used].T[None]) & later  # (t, t', B)
-        takes_over = (same_cell[..., None, None, None] & (own_values[None] >= own_values[:, None])) | (
-            later[..., None, None, None] & (own_values[:, None] == 0)
-        )  # (t, t', B, C, K, K): step t' wins frame t'+1 from step t at that pixel
+        # (t, t', B, C, K, K): a later step t' in the same cell wins frame t'+1 from step t at that pixel
+        takes_over = same_cell[..., None, None, None] & (own_values[None] >= own_values[:, None])
         found, first = takes_over.view(torch.uint8).max(dim=1)
         last_frame = torch.where(found.bool(), first, steps - 1)  # (T-1, B, C, K, K)
+        # where step t pastes 0 the very next step wins (any later step reaches 0), or t's reign ends at frame T
+        last_frame = torch.where(own_values == 0, own_frame + 1, last_frame)
         totals = _running_sum_(canvas, dim=5)  # Σ_{f' ≤ f} of frame f''s gradient (canvas is not needed after)
-        lanes = [torch.arange(n, device=cells.device).view(shape) for n, shape in
-                 ((channels, (-1, 1, 1)), (size, (1, -1, 1)), (size, (1, 1, -1)))]  # fmt: skip
-        at = (lanes[0], own_rows[..., None, None, None], lanes[1], own_cols[..., None, None, None], lanes[2])
-        reign = totals[(*at, last_frame, samples[..., None, None, None])] - totals[
-            (*at, steps_index[..., None, None, None], samples[..., None, None, None])
-        ]  # fmt: skip
+        reign = _own_cells(totals, own_rows, own_cols, last_frame) - _own_cells(totals, own_rows, own_cols, own_frame)
         own_grad = torch.zeros_like(pasted)  # (B, T, C, K, K): the last step feeds no frame
         own_grad[:, :used] = ((own_values >= own_before) * reign).transpose(0, 1)
         correction = ((own_grad[:, :used].transpose(0, 1) - own_blank) * parts[:, :used].transpose(0, 1)).sum((2, 3, 4))
@@ -231,6 +228,25 @@ class _LocatedFrames(torch.autograd.Function):
             grad_where[:, :used] += whether[:, :used, None] * mask[:, 1:]
             grad_whether[:, :used] += weight[:, :used] * mask[:, 1:].gather(2, cells[:, :used, None])[..., 0]
         return grad_whether, grad_what, grad_where, None, None, None
+
+
+def _own_cells(values: Tensor, rows: Tensor, cols: Tensor, frames: Tensor) -> Tensor:
+    """values[:, rows, :, cols, :, frames, samples] of frames-last values (C, n, K, n, K, F, B): each step's
+    own cell (rows, cols: (T-1, B)) in the given frames (broadcast to (T-1, B, C, K, K)), as (T-1, B, C, K, K).
+    One flat torch.take: ~10x faster than the same advanced indexing, which works out 7 indices per element."""
+    channels, side, size, frame_count, batch = values.shape[0], values.shape[1], values.shape[2], *values.shape[5:]
+    stride_b, stride_f = 1, batch  # torch.take reads values in their logical (row-major) order
+    stride_kx = frame_count * batch
+    stride_col, stride_ky = size * stride_kx, side * size * stride_kx
+    stride_row, stride_c = size * stride_ky, side * size * stride_ky
+    device = values.device
+    lanes = (
+        torch.arange(channels, device=device)[:, None, None] * stride_c
+        + torch.arange(size, device=device)[:, None] * stride_ky
+        + torch.arange(size, device=device) * stride_kx
+    )  # (C, K, K)
+    cell = rows * stride_row + cols * stride_col + torch.arange(batch, device=device) * stride_b  # (T-1, B)
+    return torch.take(values, lanes + cell[..., None, None, None] + frames * stride_f)
 
 
 def _running_sum_(values: Tensor, dim: int) -> Tensor:

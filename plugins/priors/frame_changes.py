@@ -137,11 +137,12 @@ def frame_activity(
     active = torch.empty(steps, len(state), batch, dtype=state.dtype, device=state.device)
     torch.gt(state, 0, out=active[0])
     windows = columns[cells[:, :-1].T].transpose(1, 2)  # (T-1, E·size², B)
+    masked = None if with_mask is None else (with_mask > 0).to(state.dtype).transpose(1, 2)
     for step in range(steps - 1):
         state.scatter_(0, windows[step], after[step].T)
         torch.gt(state, 0, out=active[step + 1])
-        if with_mask is not None:
-            active[step + 1].scatter_(0, windows[step], (with_mask[step].T > 0).to(state.dtype))
+        if masked is not None:
+            active[step + 1].scatter_(0, windows[step], masked[step])
     return active
 
 
