@@ -127,11 +127,11 @@ def frame_activity(
     bias: Tensor, outputs_per_channel: int, columns: Tensor, cells: Tensor, after: Tensor, with_mask: Tensor | None
 ) -> Tensor:
     """(T, E·O², B) ReLU' of every frame's conv outputs (1 where positive, else 0) in the bias's dtype (the
-    backward multiplies by it: a product with a bool mask converts it on the fly, ~3x slower), rows in the Linear's column
-    order (`columns`: (J, E·size²), each cell's window). Frame f+1's pre-activations are frame f's canvas
-    ones with step f's window replaced by `after` (T-1, B, E·size²), plus, without union masks, its mask's
-    contribution there (`with_mask`: that window's pre-activations with the mask). Frame 0 is blank: the
-    conv bias."""
+    backward multiplies by it; a product with a bool mask converts it on the fly, ~3x slower), rows in the
+    Linear's column order (`columns`: (J, E·size²), each cell's window). Frame f+1's pre-activations are frame
+    f's canvas ones with step f's window replaced by `after` (T-1, B, E·size²), plus, without union masks, its
+    mask's contribution there (`with_mask`: that window's pre-activations with the mask). Frame 0 is blank:
+    the conv bias."""
     batch, steps = cells.shape
     state = bias.repeat_interleave(outputs_per_channel)[:, None].repeat(1, batch)
     active = torch.empty(steps, len(state), batch, dtype=state.dtype, device=state.device)
