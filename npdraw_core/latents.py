@@ -197,12 +197,18 @@ class _LocatedFrames(torch.autograd.Function):
         own_before = _own_cells(history, own_rows, own_cols, own_frame)
         own_values = pasted[:, :used].transpose(0, 1)  # (T-1, B, C, K, K)
         later = (steps_index.T > steps_index)[..., None]  # (t, t', 1): t' after t
-        same_cell = (cells[:, :used].T[:, None] == cells[:, :used].T[None]) & later  # (t, t', B)
-        # (t, t', B, C, K, K): a later step t' in the same cell wins frame t'+1 from step t at that pixel
-        takes_over = same_cell[..., None, None, None] & (own_values[None] >= own_values[:, None])
-        found, first = takes_over.view(torch.uint8).max(dim=1)
-        last_frame = torch.where(found.bool(), first, steps - 1)  # (T-1, B, C, K, K)
-        # where step t pastes 0 the very next step wins (any later step reaches 0), or t's reign ends at frame T
+        # pairs (t, t', b) of a step and a later one in the same cell: few (cells are rarely drawn twice), so
+        # the pixel comparisons run on these pairs only
+        earlier, following, sample = ((cells[:, :used].T[:, None] == cells[:, :used].T[None]) & later).nonzero().unbind(1)
+        # a later step t' in the same cell wins frame t'+1 from step t where it reaches t's value; t's reign
+        # ends at the first such t', or at frame T
+        takes_over = own_values[following, sample] >= own_values[earlier, sample]  # (pairs, C, K, K)
+        last_frame = torch.full(own_values.shape, steps - 1, device=cells.device)  # (T-1, B, C, K, K)
+        last_frame.view(used * batch, -1).scatter_reduce_(
+            0, (earlier * batch + sample)[:, None].expand(-1, last_frame[0, 0].numel()),
+            torch.where(takes_over, following[:, None, None, None], steps - 1).flatten(1), reduce="amin",
+        )  # fmt: skip
+        # where step t pastes 0 the very next step wins (any later step reaches 0)
         last_frame = torch.where(own_values == 0, own_frame + 1, last_frame)
         totals = _running_sum_(canvas, dim=5)  # Σ_{f' ≤ f} of frame f''s gradient (canvas is not needed after)
         reign = _own_cells(totals, own_rows, own_cols, last_frame) - _own_cells(totals, own_rows, own_cols, own_frame)
