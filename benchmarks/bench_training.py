@@ -67,6 +67,51 @@ def figures(name: str, count: int, times: dict[str, tuple[float, float]]) -> dic
     }
 
 
+# the products a step cannot do without: name → index of the first tensor operand
+_PRODUCTS = {"aten::mm": 0, "aten::bmm": 0, "aten::addmm": 1, "aten::baddbmm": 1, "aten::convolution": 0,
+             "aten::convolution_backward": 0}  # fmt: skip
+
+
+def products_alone(fn):
+    """A function that runs `fn`'s matrix products and convolutions (forward and backward) alone, on random
+    tensors of the shapes `fn` used them with (recorded once by the profiler), and nothing else. Its time is
+    what no rewrite of the rest of `fn` can go below; old time / its time bounds the ratio any such rewrite
+    can reach on this machine (contiguous operands: within a few % of the strided ones)."""
+    from torch.profiler import profile
+
+    with profile(record_shapes=True) as recorded:
+        fn()
+    calls = []
+    for event in recorded.events():
+        parent = event.cpu_parent
+        while parent is not None and parent.name not in _PRODUCTS:
+            parent = parent.cpu_parent
+        if event.name not in _PRODUCTS or parent is not None:  # counted once, at the outermost product
+            continue
+        shapes, arguments = event.input_shapes, event.concrete_inputs
+        if event.name == "aten::convolution":
+            x, weight, bias = (torch.randn(shape) if shape else None for shape in shapes[:3])
+            calls.append((torch.convolution, (x, weight, bias, *arguments[3:])))
+        elif event.name == "aten::convolution_backward":
+            tensors = [torch.randn(shape) for shape in shapes[:3]]
+            calls.append((torch.ops.aten.convolution_backward, (*tensors, *arguments[3:])))
+        else:
+            first = _PRODUCTS[event.name]
+            calls.append((torch.matmul, (torch.randn(shapes[first]), torch.randn(shapes[first + 1]))))
+
+    def run() -> None:
+        for op, arguments in calls:
+            op(*arguments)
+
+    return run
+
+
+def ceiling(name: str, times: dict[str, tuple[float, float]]) -> dict:
+    """{name}_ratio_ceiling: the old computation's CPU time over that of the new one's products alone
+    (`products_alone`): the most any implementation of the new computation could reach here."""
+    return {f"{name}_ratio_ceiling": round(times["old"][0] / times["new"][0], 2)}
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -181,6 +226,7 @@ def main() -> None:
 
         n = args.batch_size
         result.update(figures("vae_step", n, side_by_side(vae_old, vae_new, repeats)))
+        result.update(ceiling("vae_step", side_by_side(vae_old, products_alone(vae_new), repeats)))
         result["encoder_decoder_images_per_s"] = round(n / median_seconds(bare, repeats)[0], 1)
 
         # prior pass alone (no gradients), batch 100
@@ -219,6 +265,7 @@ def main() -> None:
         times = side_by_side(old_step, lambda: prior_step(transformer_only), repeats)
         result["prior_step_transformer_only_images_per_s"] = round(small.batch_size / times["new"][0], 2)
         result["prior_step_ratio_bound"] = round(times["old"][0] / times["new"][0], 2)
+        result.update(ceiling("prior_step", side_by_side(old_step, products_alone(new_step), repeats)))
 
     model.eval()
     if "nll" in args.sections:
@@ -226,17 +273,17 @@ def main() -> None:
         test = canvas_images(dataset.load("test"), 28)[: args.nll_images]
         test = (test > torch.rand(test.shape, generator=torch.Generator().manual_seed(2))).float()
         samples = args.nll_samples
+
+        def old_nll():
+            return old_bound(model, test, num_samples=samples, generator=torch.Generator().manual_seed(3))
+
+        def new_nll():
+            return model.log_likelihood_bound(test, num_samples=samples, generator=torch.Generator().manual_seed(3))
+
         with torch.no_grad():
-            times = side_by_side(
-                lambda: old_bound(model, test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
-                lambda: model.log_likelihood_bound(test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
-                max(1, repeats // 2),
-            )
-            same = torch.allclose(
-                old_bound(model, test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
-                model.log_likelihood_bound(test, num_samples=samples, generator=torch.Generator().manual_seed(3)),
-                rtol=1e-5, atol=1e-3,
-            )  # fmt: skip
+            times = side_by_side(old_nll, new_nll, max(1, repeats // 2))
+            same = torch.allclose(old_nll(), new_nll(), rtol=1e-5, atol=1e-3)
+            result.update(ceiling("nll", side_by_side(old_nll, products_alone(new_nll), max(1, repeats // 2))))
         k = len(test)
         result.update(figures("nll", k, times))
         full_minutes = 10000 / (k / times["new"][0]) / 60
