@@ -160,9 +160,8 @@ class _LocatedFrames(torch.autograd.Function):
         marks = weight * whether  # each step's mask value: (where · 1) · whether
         placed = torch.zeros_like(where).scatter_(2, cells[..., None], marks[..., None])  # (B, T, J)
         masks = cumulative_max(placed) if union_masks else placed
-        buffer[channels, ..., 1:, :] = masks[:, :-1].unflatten(2, (side, side)).permute(2, 3, 1, 0)[
-            :, None, :, None
-        ]  # fmt: skip
+        masks = masks[:, :-1].permute(2, 1, 0).contiguous()  # frames last before broadcasting over the pixels
+        buffer[channels, ..., 1:, :] = masks.view(side, 1, side, 1, steps - 1, batch)
         ctx.grid, ctx.union_masks = grid, union_masks
         ctx.save_for_backward(whether, where, bank, cells, weight, parts, pasted, buffer)
         padded, start = buffer.view(channels + 1, side * size, side * size, steps, batch), grid.pad_before
@@ -188,8 +187,9 @@ class _LocatedFrames(torch.autograd.Function):
         # (torch.cummax's ties). Where nothing is drawn yet (c^f(p) = 0) that is step f-1, in every cell;
         # in its own cell, step t wins frame t+1 iff v_t(p) ≥ c^t(p) and keeps winning until a later step
         # reaches its value there (any later step, when that value is 0).
-        blank = (history[..., :used, :] == 0).to(canvas.dtype).mul_(canvas[..., 1:, :])  # (C, n, K, n, K, T-1, B)
-        part_layout = parts[:, :used].permute(2, 3, 4, 1, 0)[:, None, :, None]  # (C, 1, K, 1, K, T-1, B)
+        blank = torch.where(history[..., :used, :] == 0, canvas[..., 1:, :], 0)  # (C, n, K, n, K, T-1, B)
+        # the parts laid out frames last before the product, which then reads them in order (~2x faster)
+        part_layout = parts[:, :used].permute(2, 3, 4, 1, 0).contiguous()[:, None, :, None]  # (C, 1, K, 1, K, T-1, B)
         # summed one dimension at a time: torch's reduction over several strided dimensions at once is ~3x slower
         grad_where = (blank * part_layout).sum(4).sum(2).sum(0).flatten(0, 1)  # (J, T-1, B)
         own_frame = steps_index[..., None, None, None]  # frame t: the canvas step t draws on
