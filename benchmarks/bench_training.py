@@ -13,7 +13,7 @@ on what they learnt). "old" is the computation before issue 11, kept verbatim in
 Old and new runs alternate, and each figure is the
 median of `--repeats` runs, so a neighbour's load hits both alike. Ratios are of CPU time (the process's own
 time, which a neighbour on a shared machine disturbs far less than wall time); `*_wall` keys give the wall
-time figures too.
+time figures too, and `*_ratio_ceiling` the most any rewrite could reach here (see `products_alone`).
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ _PRODUCTS = {"aten::mm": 0, "aten::bmm": 0, "aten::addmm": 1, "aten::baddbmm": 1
 
 def products_alone(fn):
     """A function that runs `fn`'s matrix products and convolutions (forward and backward) alone, on random
-    tensors of the shapes `fn` used them with (recorded once by the profiler), and nothing else. Its time is
-    what no rewrite of the rest of `fn` can go below; old time / its time bounds the ratio any such rewrite
-    can reach on this machine (contiguous operands: within a few % of the strided ones)."""
+    tensors of the shapes `fn` used them with (recorded once by the profiler), and nothing else (operands are
+    contiguous where `fn` may have passed transposed ones). Its time is what no rewrite of the rest of `fn` can
+    go below; old time / its time bounds the ratio any such rewrite can reach on this machine."""
     from torch.profiler import profile
 
     with profile(record_shapes=True) as recorded:
@@ -108,7 +108,7 @@ def products_alone(fn):
 
 def ceiling(name: str, times: dict[str, tuple[float, float]]) -> dict:
     """{name}_ratio_ceiling: the old computation's CPU time over that of the new one's products alone
-    (`products_alone`): the most any implementation of the new computation could reach here."""
+    (`products_alone`): the most any implementation doing the same products could reach here."""
     return {f"{name}_ratio_ceiling": round(times["old"][0] / times["new"][0], 2)}
 
 
