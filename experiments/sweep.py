@@ -204,12 +204,10 @@ def point_trial(trial: dict, *, base: dict, points: list[dict], experiment_dir: 
     """The Tune trainable: run point number `trial["point"]` and report its scores."""
     from ray import tune
 
-    from npdraw_core.threads import configure_threads
+    from npdraw_core.threads import configure_threads, nll_workers_within
 
     configure_threads(max(1, threads))  # the trial's CPUs, with the CLI's other CPU settings
-    evaluation = base.get("evaluation") or {}
-    if evaluation.get("nll_workers") is None:  # the NLL stays within the trial's CPUs
-        base = {**base, "evaluation": {**evaluation, "nll_workers": max(1, threads)}}
+    base = nll_workers_within(base, threads)
     point = Point(**{**points[trial["point"]], "overrides": tuple(points[trial["point"]]["overrides"])})
     rows = run_point(base, point, Path(experiment_dir), BaselineBudget(**baseline) if baseline else None)
     report = {"point_name": point.name}

@@ -36,6 +36,15 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def nll_workers_within(base: dict, cpus: int) -> dict:
+    """`base` (a plain config) with evaluation.nll_workers defaulting to `cpus`: a Ray trial's NLL then runs in
+    the CPUs the trial was given, not one process per core of the machine (`base` is not changed)."""
+    evaluation = base.get("evaluation") or {}
+    if evaluation.get("nll_workers") is not None:
+        return base
+    return {**base, "evaluation": {**evaluation, "nll_workers": max(1, cpus)}}
+
+
 def default_threads(cores: int | None = None) -> int:
     """1 thread up to 4 cores, half the cores above."""
     cores = usable_cores() if cores is None else cores

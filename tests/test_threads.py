@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
-from npdraw_core.threads import chosen_threads, default_threads
+from npdraw_core.config import load_config
+from npdraw_core.threads import chosen_threads, default_threads, nll_workers_within
 
 
 def test_thread_choice(monkeypatch):
@@ -17,6 +20,17 @@ def test_thread_choice(monkeypatch):
     monkeypatch.setenv("NPDRAW_THREADS", "zero")
     with pytest.raises(ValueError, match="NPDRAW_THREADS"):
         chosen_threads()
+
+
+def test_a_trial_scores_the_nll_within_its_cpus():
+    """Tune trials and experiment points start from a plain config: the NLL's worker processes default to
+    the trial's CPUs, a value the config sets is kept, and the given config is left as it was."""
+    base = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
+    assert load_config(nll_workers_within(base, 3)).evaluation.nll_workers == 3
+    assert load_config(base).evaluation.nll_workers is None  # unchanged
+    assert load_config(nll_workers_within(base, 0)).evaluation.nll_workers == 1
+    chosen = {**base, "evaluation": {**base.get("evaluation", {}), "nll_workers": 2}}
+    assert load_config(nll_workers_within(chosen, 3)).evaluation.nll_workers == 2
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")

@@ -28,18 +28,16 @@ def run_trial(config: dict[str, Any], *, base: dict, spec: SearchSpec, cache_dir
     from npdraw_core.config import ConfigError, load_config
     from npdraw_core.pipeline import bank_stage, parse_stage, prior_stage
     from npdraw_core.run import Run
-    from npdraw_core.threads import configure_threads
+    from npdraw_core.threads import configure_threads, nll_workers_within
     from npdraw_core.training import train_model
 
     configure_threads(max(1, threads))  # the trial's CPUs, with the CLI's other CPU settings
     context = tune.get_context()
     node_id = ray.get_runtime_context().get_node_id()
     try:
+        run_config = load_config(nll_workers_within(base, threads), spec.overrides(config))
         # the trial id is the run name as it is, not a YAML value to parse
-        run_config = dataclasses.replace(load_config(base, spec.overrides(config)), name=context.get_trial_id())
-        if run_config.evaluation.nll_workers is None:  # the NLL stays within the trial's CPUs
-            evaluation = dataclasses.replace(run_config.evaluation, nll_workers=max(1, threads))
-            run_config = dataclasses.replace(run_config, evaluation=evaluation)
+        run_config = dataclasses.replace(run_config, name=context.get_trial_id())
     except ConfigError as error:
         raise RuntimeError(f"trial {context.get_trial_id()} on node {node_id}: {error} (a component's "
                            "plugin must be installed on every node of the cluster)") from None  # fmt: skip
